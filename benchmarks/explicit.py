@@ -1,0 +1,140 @@
+"""Training-step cost of an explicit neural ODE: pnode vs plain-torch autograd vs torchdiffeq.
+
+Problem "mlp": B=512, D=32, MLP 32-128-128-32 (tanh), rk4, 100 fixed steps on [0, 1], float64.
+Problem "tiny": the 2-D spiral field MLP 2-50-2 on y**3, B=16, rk4, 100 steps.
+Each (problem, variant) runs in its own process: time per training step (forward + backward, median of
+``--repeats``) and the process's peak RSS growth during training.
+
+    python benchmarks/explicit.py [--repeats 10]   ->  benchmarks/results/explicit.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import peak_rss_bytes, run_child, time_steps, write_table  # noqa: E402
+
+PROBLEMS = {
+    "mlp": dict(batch=512, dim=32, widths=(128, 128), cube=False, steps=100),
+    "tiny": dict(batch=16, dim=2, widths=(50,), cube=True, steps=100),
+}
+VARIANTS = ["plain_torch", "pnode", "torchdiffeq", "torchdiffeq_adjoint"]
+
+
+def build(problem: str):
+    import torch
+    from torch import nn
+
+    spec = PROBLEMS[problem]
+    torch.manual_seed(0)
+    dims = (spec["dim"], *spec["widths"], spec["dim"])
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.Tanh())
+    net = nn.Sequential(*layers).double()
+
+    class Field(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y**3 if spec["cube"] else y)
+
+    func = Field()
+    y0 = torch.randn(spec["batch"], spec["dim"], dtype=torch.float64) * (0.5 if spec["cube"] else 1.0)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    return func, y0, t, 1.0 / spec["steps"]
+
+
+def child(problem: str, variant: str, repeats: int) -> dict:
+    import torch
+
+    func, y0, t, h = build(problem)
+    params = list(func.parameters())
+
+    if variant == "plain_torch":
+        def solve(y):
+            n = round(1 / h)
+            for k in range(n):
+                tk = torch.tensor(k * h, dtype=torch.float64)
+                k1 = func(tk, y)
+                k2 = func(tk + h / 2, y + (h / 2) * k1)
+                k3 = func(tk + h / 2, y + (h / 2) * k2)
+                k4 = func(tk + h, y + h * k3)
+                y = y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+            return y
+        forward = lambda: solve(y0)  # noqa: E731
+    elif variant == "pnode":
+        import pnode
+
+        solver = pnode.ODESolver(func, method="rk4", options={"step_size": h})
+        forward = lambda: solver(y0, t)[-1]  # noqa: E731
+    elif variant.startswith("torchdiffeq"):
+        import torchdiffeq
+
+        integrate = torchdiffeq.odeint_adjoint if variant.endswith("adjoint") else torchdiffeq.odeint
+        kwargs = {"adjoint_params": tuple(params)} if variant.endswith("adjoint") else {}
+        forward = lambda: integrate(func, y0, t, method="rk4", options={"step_size": h}, **kwargs)[-1]  # noqa: E731
+    else:
+        raise ValueError(variant)
+
+    def step():
+        for p in params:
+            p.grad = None
+        loss = forward().pow(2).mean()
+        loss.backward()
+
+    step()
+    base = peak_rss_bytes()
+    median, best = time_steps(step, warmup=2, repeats=repeats)
+    return {"median_s": median, "min_s": best, "peak_rss_growth": peak_rss_bytes() - base,
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--problem", default=None)
+    parser.add_argument("--variant", default=None)
+    parser.add_argument("--repeats", type=int, default=10)
+    args, _ = parser.parse_known_args()
+    if args.child:
+        print(json.dumps(child(args.problem, args.variant, args.repeats)))
+        return
+
+    rows = []
+    summary = []
+    for problem in PROBLEMS:
+        results = {}
+        for variant in VARIANTS:
+            print(f"running {problem} / {variant} ...", flush=True)
+            results[variant] = run_child(__file__, ["--problem", problem, "--variant", variant,
+                                                    "--repeats", str(args.repeats)])
+        base = results["plain_torch"].get("median_s")
+        for variant, r in results.items():
+            if "error" in r:
+                rows.append([problem, variant, "failed", "", "", "", str(r["error"])[:60]])
+                continue
+            rows.append([problem, variant, f"{r['median_s'] * 1e3:.1f}", f"{r['min_s'] * 1e3:.1f}",
+                         f"{r['median_s'] / base:.2f}" if base else "",
+                         f"{r['peak_rss_growth'] / 2**20:.1f}", ""])
+        if "error" not in results["pnode"]:
+            p = results["pnode"]["median_s"]
+            for other in ("plain_torch", "torchdiffeq", "torchdiffeq_adjoint"):
+                if "error" not in results[other]:
+                    summary.append(f"{problem}: pnode / {other} = {p / results[other]['median_s']:.2f}")
+    notes = ("Time per training step (forward + backward), ms; ratio to plain-torch autograd through the "
+             "same RK4 loop; peak RSS growth while training, MiB.\n" + "\n".join(summary))
+    write_table("explicit.md", ["problem", "variant", "median ms", "min ms", "x plain", "peak MiB", "note"],
+                rows, notes)
+
+
+if __name__ == "__main__":
+    main()

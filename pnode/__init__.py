@@ -1,0 +1,26 @@
+"""pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
+
+from .api import ODESolver, last_stats, odeint, odeint_adjoint
+from .errors import (
+                     AdjointNotAvailableError,
+                     BackwardError,
+                     InvalidArgumentError,
+                     MaxStepsError,
+                     NonFiniteError,
+                     PetscConfigurationError,
+                     PnodeError,
+                     ShapeMismatchError,
+                     SolverError,
+                     UnknownMethodError,
+)
+from .methods import METHODS, available_methods, method_table
+from .stats import SolveStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "odeint", "odeint_adjoint", "ODESolver", "SolveStats", "last_stats", "METHODS", "available_methods",
+    "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError", "ShapeMismatchError",
+    "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError", "MaxStepsError",
+    "BackwardError",
+]

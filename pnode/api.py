@@ -1,0 +1,217 @@
+"""Public API: :func:`odeint` (torchdiffeq's signature and semantics) and the reusable :class:`ODESolver`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._petsc import PETSc, check_scalar_type
+from .autograd import OdeintFunction
+from .bridge import PETSC_DTYPE, StateLayout
+from .errors import InvalidArgumentError
+from .methods import DEFAULT_METHOD, Method, get_method, require_adjoint
+from .options import SolveOptions
+from .problem import VectorField
+from .solver import ForwardRecord, TSDriver
+from .stats import SolveStats
+from .timegrid import check_times
+
+State = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class ODESolver:
+    """A reusable neural-ODE solver: build once, call every training iteration.
+
+    ``ODESolver(func, method="dopri5", rtol=1e-7, atol=1e-9, options=None, adjoint_params=None,
+    comm=None)(y0, t)`` returns what :func:`odeint` returns.  PETSc objects are built on the first call
+    and reused while the state's shapes and dtype stay the same.  After every call :attr:`stats` holds
+    the solve's statistics and :attr:`step_times` its accepted step times.
+    """
+
+    def __init__(self, func: Callable, *, method: str | None = None, rtol: float = 1e-7, atol: float = 1e-9,
+                 options: Mapping | None = None, adjoint_params: Sequence[torch.Tensor] | None = None,
+                 comm=None):
+        check_scalar_type()
+        if not callable(func):
+            raise InvalidArgumentError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        self.func = func
+        self.method: Method = get_method(DEFAULT_METHOD if method is None else method)
+        self.rtol, self.atol = _tolerance(rtol, "rtol"), _tolerance(atol, "atol")
+        self.options = SolveOptions.parse(options)
+        self._adjoint_params = None if adjoint_params is None else tuple(adjoint_params)
+        for i, p in enumerate(self._adjoint_params or ()):
+            if not isinstance(p, torch.Tensor):
+                raise InvalidArgumentError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
+        self.comm = _petsc_comm(comm)
+        self.stats = SolveStats()
+        self._driver: TSDriver | None = None
+        self._driver_key = None
+        self._last_record: ForwardRecord | None = None
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, y0: State, t: torch.Tensor) -> State:
+        layout = StateLayout.of(y0)
+        taus, sign = check_times(t)
+        params = self._params()
+        parts = tuple(y0) if layout.is_tuple else (y0,)
+        needs_grad = torch.is_grad_enabled() and (
+            t.requires_grad or any(p.requires_grad for p in parts) or any(p.requires_grad for p in params))
+        if needs_grad:
+            require_adjoint(self.method)
+        session = _Session(self, layout, taus, sign, params, t.dtype)
+        y0_flat = torch.cat([p.detach().reshape(-1).to("cpu", PETSC_DTYPE) for p in parts]) if not needs_grad \
+            else torch.cat([p.reshape(-1).to("cpu", PETSC_DTYPE) for p in parts])
+        if needs_grad:
+            outputs = OdeintFunction.apply(session, t, y0_flat, *params)
+        else:
+            outputs, _ = session.solve(y0_flat, keep_trajectory=False)
+        return layout.unflatten(outputs)
+
+    @property
+    def step_times(self) -> torch.Tensor:
+        """Accepted step boundaries of the latest forward solve, in the user's time (t[0] first)."""
+        if self._last_record is None:
+            return torch.empty(0, dtype=torch.float64)
+        return torch.from_numpy(self._last_record.step_times * self._last_sign)
+
+    def close(self) -> None:
+        """Free the PETSc objects now (they are also freed when the solver is garbage collected)."""
+        if self._driver is not None:
+            self._driver.destroy()
+            self._driver = None
+
+    # ------------------------------------------------------------------ internals
+    def _params(self) -> list[torch.Tensor]:
+        if self._adjoint_params is not None:
+            return [p for p in self._adjoint_params if p.requires_grad]
+        if isinstance(self.func, nn.Module):
+            return [p for p in self.func.parameters() if p.requires_grad]
+        if torch.is_grad_enabled():
+            raise InvalidArgumentError(
+                "func is not an nn.Module, so pnode cannot see which tensors it depends on; pass "
+                "adjoint_params=(tensors...) (or adjoint_params=() if it has none), or run under "
+                "torch.no_grad() for a forward-only solve")
+        return []
+
+    def driver(self, layout: StateLayout, params: list[torch.Tensor], time_dtype: torch.dtype) -> TSDriver:
+        key = (layout.shapes, layout.dtype, tuple((p.shape, p.dtype) for p in params), time_dtype)
+        if self._driver is None or key != self._driver_key:
+            self.close()
+            field = VectorField(self.func, layout, params, time_dtype, self.stats)
+            self._driver = TSDriver(field, self.method, layout.size, self.options, self.rtol, self.atol,
+                                    self.comm, self.stats)
+            self._driver_key = key
+        else:
+            self._driver.field.params = list(params)
+        return self._driver
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+class _Session:
+    """One call of an :class:`ODESolver`: everything the forward and backward passes share."""
+
+    def __init__(self, solver: ODESolver, layout: StateLayout, taus: np.ndarray, sign: float,
+                 params: list[torch.Tensor], time_dtype: torch.dtype):
+        self.solver = solver
+        self.layout = layout
+        self.taus = taus
+        self.sign = sign
+        self.params = params
+        self.driver = solver.driver(layout, params, time_dtype)
+        self.driver.field.sign = sign
+
+    def solve(self, y0_flat: torch.Tensor, keep_trajectory: bool) -> tuple[torch.Tensor, ForwardRecord]:
+        stats = self.solver.stats
+        stats.reset_forward(self.driver.running.name, self.driver.ts.getType())
+        start = time.perf_counter()
+        outputs = torch.empty(len(self.taus), y0_flat.numel(), dtype=PETSC_DTYPE)
+        self.driver.field.sign = self.sign
+        record = self.driver.forward(y0_flat, self.taus, outputs, keep_trajectory=keep_trajectory)
+        stats.forward_time = time.perf_counter() - start
+        self.solver._last_record, self.solver._last_sign = record, self.sign
+        return outputs, record
+
+    def adjoint(self, record: ForwardRecord, grad_outputs: torch.Tensor):
+        start = time.perf_counter()
+        self.driver.field.sign = self.sign
+        self.driver.field.params = self.params
+        grad_y0, grad_p = self.driver.backward(record, self.taus, grad_outputs)
+        grads = []
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            grads.append(grad_p[offset:offset + n].view(p.shape).to(p.dtype))
+            offset += n
+        self.solver.stats.backward_time = time.perf_counter() - start
+        return grad_y0, grads
+
+    def time_gradient(self, outputs: torch.Tensor, grad_outputs: torch.Tensor,
+                      grad_y0: torch.Tensor) -> torch.Tensor:
+        """dL/dt_i = g_i . f(t_i, y_i) for i >= 1 and dL/dt_0 = -(dL/dy0 - g_0) . f(t_0, y_0): the exact
+        derivatives of the ODE's solution (torchdiffeq's convention); the discrete solution's differ by
+        the integration error."""
+        field = self.driver.field
+        grad_t = torch.empty(len(self.taus), dtype=PETSC_DTYPE)
+        for i, tau in enumerate(self.taus):
+            f = field.evaluate(float(tau), outputs[i]) * self.sign   # f(t_i, y_i), unsigned
+            cot = grad_outputs[i] if i else grad_y0 - grad_outputs[0]
+            grad_t[i] = torch.dot(f, cot) * (1.0 if i else -1.0)
+        return grad_t
+
+
+def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, atol: float = 1e-9,
+           method: str | None = None, options: Mapping | None = None,
+           adjoint_params: Sequence[torch.Tensor] | None = None, comm=None) -> State:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` with PETSc and return ``y`` at every time of ``t``.
+
+    torchdiffeq's signature and semantics: ``t`` is strictly increasing or decreasing; the result has
+    shape ``(len(t), *y0.shape)`` (a tuple of such tensors when ``y0`` is a tuple).  Gradients reach
+    ``y0``, the parameters of ``func`` (an ``nn.Module``; or ``adjoint_params``) and ``t`` through PETSc's
+    discrete adjoint, exact for the discrete solution.  See :class:`ODESolver` to reuse PETSc objects
+    across calls and read statistics.
+    """
+    solver = ODESolver(func, method=method, rtol=rtol, atol=atol, options=options,
+                       adjoint_params=adjoint_params, comm=comm)
+    global _LAST_STATS
+    _LAST_STATS = solver.stats
+    return solver(y0, t)
+
+
+odeint_adjoint = odeint
+_LAST_STATS: SolveStats | None = None
+
+
+def last_stats() -> SolveStats | None:
+    """Statistics of the latest :func:`odeint` call (its backward pass included, once run)."""
+    return _LAST_STATS
+
+
+def _tolerance(value: float, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}") from None
+    if not number > 0 or not np.isfinite(number):
+        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}")
+    return number
+
+
+def _petsc_comm(comm) -> PETSc.Comm:
+    if comm is None:
+        return PETSc.COMM_SELF
+    if isinstance(comm, PETSc.Comm):
+        return comm
+    try:
+        return PETSc.Comm(comm)
+    except Exception as error:  # noqa: BLE001
+        raise InvalidArgumentError(f"comm must be an mpi4py communicator or a PETSc.Comm, got "
+                                   f"{type(comm).__name__}") from error

@@ -1,0 +1,97 @@
+"""Validation of the ``options`` dict of ``odeint``/``ODESolver`` and of the PETSc options it carries."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ._petsc import PETSc
+from .errors import InvalidArgumentError
+
+_DOC = {
+    "step_size": "fixed step size h (steps of h from t[0], shortened to land on every output time)",
+    "first_step": "initial step size of an adaptive solve (default: Hairer's heuristic)",
+    "max_num_steps": "largest number of accepted steps before the solve fails (default 1,000,000)",
+    "petsc": "dict of raw PETSc options, e.g. {'ts_adapt_type': 'dsp', 'ts_monitor': None}",
+}
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    step_size: float | None = None
+    first_step: float | None = None
+    max_num_steps: int = 1_000_000
+    petsc: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, options: Mapping | None) -> SolveOptions:
+        if options is None:
+            return cls()
+        if not isinstance(options, Mapping):
+            raise InvalidArgumentError(f"options must be a dict, got {type(options).__name__}")
+        unknown = sorted(set(options) - set(_DOC))
+        if unknown:
+            listing = "\n".join(f"  {k}: {v}" for k, v in _DOC.items())
+            raise InvalidArgumentError(f"unknown option(s) {', '.join(map(repr, unknown))}; valid options:\n{listing}")
+        step_size = _positive(options, "step_size")
+        first_step = _positive(options, "first_step")
+        max_steps = options.get("max_num_steps", cls.max_num_steps)
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise InvalidArgumentError(f"options['max_num_steps'] must be a positive int, got {max_steps!r}")
+        return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")))
+
+
+def _positive(options: Mapping, key: str) -> float | None:
+    value = options.get(key)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"options[{key!r}] must be a positive number, got {value!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise InvalidArgumentError(f"options[{key!r}] must be a positive finite number, got {value!r}")
+    return number
+
+
+def normalise_petsc_options(petsc: Mapping | None) -> dict[str, str]:
+    """``{'-ts_monitor': None, 'ts_rk_type': '5bs', 'ts_max_reject': 20}`` -> PETSc's string form."""
+    if petsc is None:
+        return {}
+    if not isinstance(petsc, Mapping):
+        raise InvalidArgumentError(f"options['petsc'] must be a dict of PETSc options, got {type(petsc).__name__}")
+    out = {}
+    for key, value in petsc.items():
+        if not isinstance(key, str) or not key.strip("-"):
+            raise InvalidArgumentError(f"PETSc option names must be strings like 'ts_monitor', got {key!r}")
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        out[key.lstrip("-")] = "" if value is None else str(value)
+    return out
+
+
+class OptionsScope:
+    """Puts Python-given PETSc options into the global database around ``setFromOptions`` calls.
+
+    Options already in the database (the command line, ``PETSC_OPTIONS``) are left alone, so the command
+    line wins; the ones added here are removed afterwards so they do not leak into other solvers.
+    """
+
+    def __init__(self, options: Mapping[str, str]):
+        self.options = dict(options)
+        self._added: list[str] = []
+
+    def __enter__(self) -> OptionsScope:
+        db = PETSc.Options()
+        for key, value in self.options.items():
+            if not db.hasName(key):
+                db.setValue(key, value)
+                self._added.append(key)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        db = PETSc.Options()
+        for key in self._added:
+            db.delValue(key)
+        self._added.clear()

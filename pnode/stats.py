@@ -1,0 +1,43 @@
+"""Statistics of one solve (forward and backward), reported after every call."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class SolveStats:
+    """Counters and timings of the latest forward solve and, once run, its backward pass.
+
+    steps / rejected_steps: accepted and rejected time steps of the forward solve.
+    rhs_evals: evaluations of the vector field (forward, plus re-solves and dL/dt evaluations).
+    vjp_evals: autograd passes giving the state and parameter VJPs together (one per stage per step).
+    vjp_fallbacks: parameter VJPs that could not reuse the fused pass (should stay 0; see problem.py).
+    jvp_evals: Jacobian-vector products (implicit methods).
+    forward_time / backward_time: wall-clock seconds.
+    method / ts_type: what PETSc actually ran (command-line options may override the Python choice).
+    """
+
+    method: str = ""
+    ts_type: str = ""
+    steps: int = 0
+    rejected_steps: int = 0
+    rhs_evals: int = 0
+    vjp_evals: int = 0
+    vjp_fallbacks: int = 0
+    jvp_evals: int = 0
+    forward_time: float = 0.0
+    backward_time: float = 0.0
+
+    def reset_forward(self, method: str, ts_type: str) -> None:
+        for f in fields(self):
+            setattr(self, f.name, f.default)
+        self.method, self.ts_type = method, ts_type
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"{self.method} ({self.ts_type}): {self.steps} steps ({self.rejected_steps} rejected), "
+                f"{self.rhs_evals} f evals, {self.vjp_evals} VJPs, forward {self.forward_time:.3g}s, "
+                f"backward {self.backward_time:.3g}s")
