@@ -91,7 +91,6 @@ def child(problem: str, variant: str, repeats: int) -> dict:
         loss = forward().pow(2).mean()
         loss.backward()
 
-    step()
     base = peak_rss_bytes()
     median, best = time_steps(step, warmup=2, repeats=repeats)
     return {"median_s": median, "min_s": best, "peak_rss_growth": peak_rss_bytes() - base,

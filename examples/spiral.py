@@ -5,7 +5,7 @@ times on [0, 25] by a tight pnode dopri5 solve.  Model: dy/dt = MLP(y**3).  Each
 of short random sub-trajectories; every few iterations the whole trajectory is predicted and the
 fitted curve is plotted against the data.
 
-    python examples/spiral.py --iters 300 --out outputs
+    python examples/spiral.py --iters 600 --out outputs
 """
 
 from __future__ import annotations
@@ -83,14 +83,14 @@ def plot(path, t, y, pred, losses, iteration):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=600)
     parser.add_argument("--method", default="dopri5")
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--atol", type=float, default=1e-8)
     parser.add_argument("--batch-time", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--test-every", type=int, default=50)
+    parser.add_argument("--test-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="outputs")
     args, _petsc_args = parser.parse_known_args(argv)   # the rest are PETSc options (-ts_monitor, ...)

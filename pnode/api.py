@@ -63,8 +63,7 @@ class ODESolver:
         if needs_grad:
             require_adjoint(self.method)
         session = _Session(self, layout, taus, sign, params, t.dtype)
-        y0_flat = torch.cat([p.detach().reshape(-1).to("cpu", PETSC_DTYPE) for p in parts]) if not needs_grad \
-            else torch.cat([p.reshape(-1).to("cpu", PETSC_DTYPE) for p in parts])
+        y0_flat = layout.flatten(y0, differentiable=needs_grad)
         if needs_grad:
             outputs = OdeintFunction.apply(session, t, y0_flat, *params)
         else:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ._petsc import PETSc
-from .bridge import StateLayout, vec_as_tensor
+from .bridge import StateLayout, copy_into
 from .stats import SolveStats
 
 
@@ -56,7 +57,8 @@ def _guarded(method):
 
 
 class VectorField:
-    """``f`` with the bridge applied: flat float64 in, flat float64 out, time direction folded in."""
+    """``f`` with the bridge applied: flat float64 arrays in and out, time direction folded in
+    (``g(tau, y) = sign * f(sign * tau, y)``)."""
 
     def __init__(self, func: Callable, layout: StateLayout, params: Sequence[torch.Tensor],
                  time_dtype: torch.dtype, stats: SolveStats):
@@ -68,39 +70,44 @@ class VectorField:
         self.sign = 1.0
 
     def time(self, tau: float) -> torch.Tensor:
-        return torch.tensor(self.sign * tau, dtype=self.time_dtype)
+        return torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
 
-    def evaluate_into(self, tau: float, x: torch.Tensor, out: torch.Tensor) -> None:
-        """out <- g(tau, x) for flat float64 ``x`` and ``out``, without autograd."""
+    def evaluate_into(self, tau: float, x: np.ndarray, out: np.ndarray) -> None:
+        """out <- g(tau, x), without autograd."""
         self.stats.rhs_evals += 1
+        layout = self.layout
         with torch.no_grad():
-            parts = self.layout.check_output(self.func(self.time(tau), self.layout.unflatten(x)))
-            self.layout.write(out, parts)
-            if self.sign < 0:
-                out.neg_()
+            result = self.func(self.time(tau), layout.pack(layout.views(x)))
+            layout.write(out, layout.check_output(result), self.sign)
 
     def evaluate(self, tau: float, x: torch.Tensor) -> torch.Tensor:
+        """g(tau, x) for a flat float64 tensor ``x`` (a new tensor)."""
         out = torch.empty_like(x)
-        self.evaluate_into(tau, x, out)
+        self.evaluate_into(tau, x.detach().numpy(), out.numpy())
         return out
 
-    def vjp(self, tau: float, x: torch.Tensor, cotangent: torch.Tensor,
-            want_state: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
-        """(J^T c, (dg/dtheta)^T c) at (tau, x) from one autograd pass; ``c`` flat float64."""
+    def vjp(self, tau: float, x: np.ndarray, cotangent: np.ndarray,
+            state_out: np.ndarray | None) -> list[torch.Tensor | None]:
+        """One autograd pass at (tau, x) with cotangent ``c``: writes ``J^T c`` into ``state_out`` (if
+        given) and returns ``(dg/dtheta)^T c`` per parameter (``None`` where independent)."""
         self.stats.vjp_evals += 1
+        layout = self.layout
+        want_state = state_out is not None
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(want_state)
-            parts = self.layout.check_output(self.func(self.time(tau), self.layout.unflatten(xg)))
-            cot = self.layout.split(cotangent * self.sign if self.sign < 0 else cotangent)
-            pairs = [(p, c) for p, c in zip(parts, cot) if p.requires_grad]
-            inputs = ([xg] if want_state else []) + self.params
-            if not pairs or not inputs:
-                grads = [None] * len(inputs)
-            else:
-                grads = list(torch.autograd.grad([p for p, _ in pairs], inputs,
+            inputs = layout.views(x, requires_grad=want_state)
+            result = layout.check_output(self.func(self.time(tau), layout.pack(inputs)))
+            cot = layout.views(cotangent, scale=self.sign)
+            pairs = [(r, c) for r, c in zip(result, cot) if r.requires_grad]
+            wrt = (inputs if want_state else []) + self.params
+            if pairs and wrt:
+                grads = list(torch.autograd.grad([r for r, _ in pairs], wrt,
                                                  grad_outputs=[c for _, c in pairs], allow_unused=True))
-        state = grads.pop(0) if want_state else None
-        return state, grads
+            else:
+                grads = [None] * len(wrt)
+        if want_state:
+            layout.write(state_out, grads[:len(inputs)], name="the vector-Jacobian product")
+            grads = grads[len(inputs):]
+        return grads
 
 
 class _StateVJP:
@@ -136,6 +143,8 @@ class RHSProblem:
         self.field = field
         self.errors = errors
         self.n_params = n_params
+        offsets = np.cumsum([0] + [p.numel() for p in field.params])
+        self._param_slices = list(zip(offsets[:-1], offsets[1:]))
         self._point: tuple[float, PETSc.Vec] | None = None
         self._cached_param_vjp: tuple[tuple, list] | None = None
         n_global = comm.tompi4py().allreduce(n_local) if comm.getSize() > 1 else n_local
@@ -153,9 +162,8 @@ class RHSProblem:
     # --- forward -------------------------------------------------------------------------------
     @_guarded
     def rhs(self, ts, t, X, F):
-        out = vec_as_tensor(F, readonly=False)
-        self.field.evaluate_into(t, vec_as_tensor(X), out)
-        F.stateIncrease()  # written through a tensor view: PETSc's cached norms must not survive
+        self.field.evaluate_into(t, X.getArray(readonly=True), F.getArray())
+        F.stateIncrease()  # written through a view: PETSc's cached norms must not survive
 
     # --- adjoint -------------------------------------------------------------------------------
     @_guarded
@@ -173,12 +181,7 @@ class RHSProblem:
     @_guarded
     def state_vjp(self, lam, out):
         t, X = self._point
-        state, params = self.field.vjp(t, vec_as_tensor(X), vec_as_tensor(lam))
-        target = vec_as_tensor(out, readonly=False)
-        if state is None:
-            target.zero_()
-        else:
-            target.copy_(state)
+        params = self.field.vjp(t, X.getArray(readonly=True), lam.getArray(readonly=True), out.getArray())
         out.stateIncrease()
         self._cached_param_vjp = (self._key(t, X, lam), params) if self.n_params else None
 
@@ -190,17 +193,14 @@ class RHSProblem:
             params = cached[1]
         else:
             self.field.stats.vjp_fallbacks += 1
-            _, params = self.field.vjp(t, vec_as_tensor(X), vec_as_tensor(lam), want_state=False)
+            params = self.field.vjp(t, X.getArray(readonly=True), lam.getArray(readonly=True), None)
         self._cached_param_vjp = None
-        target = vec_as_tensor(out, readonly=False)
-        offset = 0
-        for p, g in zip(self.field.params, params):
-            n = p.numel()
+        target = out.getArray()
+        for (lo, hi), g in zip(self._param_slices, params):
             if g is None:
-                target[offset:offset + n].zero_()
+                target[lo:hi] = 0.0
             else:
-                target[offset:offset + n].copy_(g.reshape(-1))
-            offset += n
+                copy_into(target[lo:hi], g)
         out.stateIncrease()
 
 
