@@ -18,7 +18,15 @@ import torch
 
 from ._petsc import PETSc
 from .bridge import vec_as_tensor
-from .errors import InvalidArgumentError, MaxStepsError, NonFiniteError, PnodeError, SolverError
+from .distributed import agree_on_failure, allreduce_sum_, raise_agreed
+from .errors import (
+    InvalidArgumentError,
+    MaxStepsError,
+    NonFiniteError,
+    PnodeError,
+    RemoteRankError,
+    SolverError,
+)
 from .methods import Method, by_petsc_type
 from .options import OptionsScope, SolveOptions
 from .problem import CallbackErrors, RHSProblem, VectorField
@@ -52,6 +60,7 @@ class TSDriver:
         self.options = options
         self.rtol, self.atol = rtol, atol
         self.comm = comm
+        self.mpi = comm.tompi4py() if comm.getSize() > 1 else None   # None: a one-rank solve
         self.stats = stats
         self.errors = CallbackErrors()
         self.n_params = sum(p.numel() for p in field.params)
@@ -142,15 +151,12 @@ class TSDriver:
         try:
             tau = ts.getTime()
             self._step_times.append(tau)
-            if not self.adaptive or self._plan is not None:
+            if self.mpi is not None:
+                self._check_step_everywhere(ts, tau)
+            elif not self.adaptive or self._plan is not None:
                 # fixed-step RK returns NaN silently; adaptive RK fails in its error norm instead
-                norm = self.sol.norm(PETSc.NormType.NORM_INFINITY)
-                if not math.isfinite(norm):
-                    raise NonFiniteError(
-                        f"the solution became {norm} at t={self.field.sign * tau:.6g} (step "
-                        f"{ts.getStepNumber()}); the vector field produced non-finite values: lower the "
-                        "step size, or check the model for overflow", reason="NONFINITE",
-                        time=self.field.sign * tau)
+                if not math.isfinite(self.sol.norm(PETSc.NormType.NORM_INFINITY)):
+                    raise self._nonfinite(ts, tau)
             target = self._taus[self._next_output]
             if abs(tau - target) <= same_time_tolerance(target):
                 self._outputs[self._next_output].copy_(vec_as_tensor(self.sol))
@@ -161,6 +167,25 @@ class TSDriver:
         except BaseException as error:  # noqa: BLE001
             self.errors.record(error)
             raise
+
+    def _nonfinite(self, ts, tau: float) -> NonFiniteError:
+        t = self.field.sign * tau
+        return NonFiniteError(
+            f"the solution became NaN or Inf at t={t:.6g} (step {ts.getStepNumber()}); the vector field "
+            "produced non-finite values: lower the step size, or check the model for overflow",
+            reason="NONFINITE", time=t)
+
+    def _check_step_everywhere(self, ts, tau: float) -> None:
+        """One allreduce per step: did any rank record a failure or hold a non-finite value?  Every rank
+        gets the same answer, so every rank stops at the same step (a NaN-propagating MAX reduction, as
+        in Vec.norm(NORM_INFINITY), may give different answers on different ranks)."""
+        local = np.array([0.0 if np.isfinite(vec_as_tensor(self.sol).numpy()).all() else 1.0,
+                          0.0 if self.errors.error is None else 1.0])
+        allreduce_sum_(local, self.mpi)
+        if local[1]:
+            raise RemoteRankError("a rank failed", rank=-1, description="")   # settled by _run's agreement
+        if local[0]:
+            raise self._nonfinite(ts, tau)
 
     # ------------------------------------------------------------------ forward
     def forward(self, y0: torch.Tensor, taus: np.ndarray, outputs: torch.Tensor,
@@ -204,26 +229,64 @@ class TSDriver:
             return min(first, span)
         order = self.running.order
         scale = self.atol + self.rtol * y0.abs()
-        f0 = self.field.evaluate(float(taus[0]), y0)
-        d0 = self._rms(y0 / scale)
-        d1 = self._rms(f0 / scale)
+        f0 = self.local_call(self.field.evaluate, float(taus[0]), y0)
+        d0, d1 = self._rms(y0 / scale, f0 / scale)
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         h0 = min(h0, span)
         y1 = y0 + h0 * f0
-        f1 = self.field.evaluate(float(taus[0]) + h0, y1)
-        d2 = self._rms((f1 - f0) / scale) / h0
+        f1 = self.local_call(self.field.evaluate, float(taus[0]) + h0, y1)
+        (d2,) = self._rms((f1 - f0) / scale)
+        d2 /= h0
         if max(d1, d2) <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
         return min(100 * h0, h1, span)
 
-    def _rms(self, x: torch.Tensor) -> float:
-        local = float((x * x).sum())
-        n = x.numel()
-        if self.comm.getSize() > 1:
-            local, n = self.comm.tompi4py().allreduce((local, n), op=_sum_pairs())
-        return math.sqrt(local / max(n, 1))
+    def _rms(self, *xs: torch.Tensor) -> list[float]:
+        """Root-mean-square of each (distributed) tensor, all in one reduction."""
+        sums = self.global_sum(np.array([float(torch.dot(x, x)) for x in xs] + [xs[0].numel()]),
+                               what="the first-step estimate")
+        return [math.sqrt(v / max(sums[-1], 1.0)) for v in sums[:-1]]
+
+    # ------------------------------------------------------------------ MPI helpers
+    def local_call(self, fn, *args):
+        """Rank-local work that may raise (the user's func).  Under MPI a failure is recorded and the
+        result poisoned with NaN, so this rank still reaches the next collective (``global_sum``), where
+        every rank raises together."""
+        if self.mpi is None:
+            return fn(*args)
+        if self.errors.error is None:
+            try:
+                return fn(*args)
+            except BaseException as error:  # noqa: BLE001 - raised on every rank by global_sum
+                self.errors.record(error)
+        return torch.full((self.n_local,), math.nan, dtype=torch.float64)
+
+    def global_sum(self, values: np.ndarray, what: str = "the solve") -> np.ndarray:
+        """Sum of ``values`` over the ranks (identity on one rank), raising on every rank if any rank
+        recorded a failure in :meth:`local_call`."""
+        if self.mpi is None:
+            return values
+        failed = 1.0 if self.errors.error is not None else 0.0
+        buffer = np.ascontiguousarray(np.append(np.asarray(values, dtype=np.float64), failed))
+        allreduce_sum_(buffer, self.mpi)
+        if buffer[-1]:
+            self._raise_everywhere(self.errors.pop(), None, what)
+        return buffer[:-1]
+
+    def _raise_everywhere(self, local_error: BaseException | None, petsc_error: PETSc.Error | None,
+                          what: str) -> None:
+        """Collective (MPI only): if any rank failed, every rank rebuilds its TS and raises."""
+        failed_rank, description, petsc_errors = agree_on_failure(
+            self.mpi, local_error, extra=None if petsc_error is None else petsc_error.ierr,
+            consequences=(NonFiniteError, RemoteRankError))
+        ierrs = [e for e in petsc_errors if e is not None]
+        if failed_rank is None and not ierrs:
+            return
+        self._rebuild()
+        raise_agreed(self.mpi, local_error, failed_rank, description, what)
+        self._raise_petsc(ierrs[0], petsc_error)
 
     def _check_finished(self, taus: np.ndarray) -> None:
         reached = self._next_output == len(taus)
@@ -241,26 +304,34 @@ class TSDriver:
         hint = _FIX_HINT.get(name, "see PETSc's -ts_monitor and -ts_adapt_monitor output")
         raise SolverError(f"PETSc TS stopped with reason {name} at t={t:.6g}: {hint}", reason=name, time=t)
 
-    def _run(self, call, *args) -> None:
+    def _run(self, call, *args, what: str = "the solve") -> None:
         """Run a PETSc call; re-raise a callback's exception as itself and turn PETSc failures into
-        pnode exceptions (after which the TS is rebuilt, PETSc may have left it unusable)."""
+        pnode exceptions (after which the TS is rebuilt, PETSc may have left it unusable).  Under MPI
+        every rank takes part in one agreement afterwards, so a failure anywhere raises everywhere."""
+        petsc_error = None
         try:
             call(*args)
         except PETSc.Error as error:
-            original = self.errors.pop()
-            self._rebuild()
-            if original is not None:
-                raise original.with_traceback(original.__traceback__) from None
-            tau = self.ts.getTime()
-            if error.ierr == _PETSC_ERR_FP:
-                raise NonFiniteError(
-                    f"NaN or Inf appeared in the solve near t={self.field.sign * tau:.6g} (PETSc error 72, "
-                    "floating point); the vector field produced non-finite values", reason="NONFINITE",
-                    time=self.field.sign * tau) from None
-            raise SolverError(f"PETSc failed with error {error.ierr} near t={self.field.sign * tau:.6g}: "
-                              f"{error}", reason=f"PETSC_ERROR_{error.ierr}", time=self.field.sign * tau) from None
-        finally:
-            self.errors.pop()
+            petsc_error = error
+        original = self.errors.pop()
+        if self.mpi is not None:
+            self._raise_everywhere(original, petsc_error, what)
+            return
+        if petsc_error is None:
+            return
+        self._rebuild()
+        if original is not None:
+            raise original.with_traceback(original.__traceback__) from None
+        self._raise_petsc(petsc_error.ierr, petsc_error)
+
+    def _raise_petsc(self, ierr: int, error: PETSc.Error | None) -> None:
+        t = self.field.sign * self.ts.getTime()
+        if ierr == _PETSC_ERR_FP:
+            raise NonFiniteError(
+                f"NaN or Inf appeared in the solve near t={t:.6g} (PETSc error 72, floating point); the "
+                "vector field produced non-finite values", reason="NONFINITE", time=t) from None
+        raise SolverError(f"PETSc failed with error {ierr} near t={t:.6g}: {error or 'on another rank'}",
+                          reason=f"PETSC_ERROR_{ierr}", time=t) from None
 
     def _rebuild(self) -> None:
         old = self.ts
@@ -273,7 +344,8 @@ class TSDriver:
     # ------------------------------------------------------------------ backward
     def backward(self, record: ForwardRecord, taus: np.ndarray, grad_outputs: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Discrete adjoint: returns dL/dy0 (flat) and the local dL/dtheta (flat, not yet reduced)."""
+        """Discrete adjoint: returns this rank's dL/dy0 (flat) and dL/dtheta (flat), where L is the sum of
+        all ranks' losses."""
         if self._trajectory_token != record.token:
             scratch = torch.empty(len(taus), self.n_local, dtype=torch.float64)
             saved = self.stats.steps, self.stats.rejected_steps
@@ -291,28 +363,30 @@ class TSDriver:
             mu.set(0.0)
         try:
             self.ts.setCostGradients([lam], [mu] if mu is not None else None)
-            steps = record.output_steps
-            for i in range(len(steps) - 1, 0, -1):
-                n = steps[i] - steps[i - 1]
-                if n:
-                    self.ts.adjointSetSteps(n)
-                    self._run(self.ts.adjointSolve)
-                lam_t = vec_as_tensor(lam, readonly=False)
-                lam_t.add_(grad_outputs[i - 1])
-                lam.stateIncrease()
+            # one agreement for the whole sweep: the RK adjoint has no collectives, and a failing rank
+            # poisons its VJPs with NaN instead of raising
+            self._run(self._adjoint_sweep, record.output_steps, lam, grad_outputs, what="the adjoint")
             grad_y0 = vec_as_tensor(lam).clone()
             grad_p = vec_as_tensor(mu).clone() if mu is not None else None
         finally:
             lam.destroy()
             if mu is not None:
                 mu.destroy()
+        if grad_p is not None and self.mpi is not None:
+            # every rank accumulated its shard's parameter adjoint; one allreduce gives each rank the
+            # gradient of the sum of all ranks' losses
+            allreduce_sum_(grad_p.numpy(), self.mpi)
         return grad_y0, grad_p
 
-
-def _sum_pairs():
-    from mpi4py import MPI
-
-    return MPI.Op.Create(lambda a, b, dt: (a[0] + b[0], a[1] + b[1]), commute=True)
+    def _adjoint_sweep(self, steps: list[int], lam: PETSc.Vec, grad_outputs: torch.Tensor) -> None:
+        for i in range(len(steps) - 1, 0, -1):
+            n = steps[i] - steps[i - 1]
+            if n:
+                self.ts.adjointSetSteps(n)
+                self.ts.adjointSolve()
+            lam_t = vec_as_tensor(lam, readonly=False)
+            lam_t.add_(grad_outputs[i - 1])
+            lam.stateIncrease()
 
 
 def describe(mapping: Mapping) -> str:
