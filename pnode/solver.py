@@ -151,14 +151,18 @@ class TSDriver:
         try:
             tau = ts.getTime()
             self._step_times.append(tau)
-            if self.mpi is not None:
-                self._check_step_everywhere(ts, tau)
-            elif not self.adaptive or self._plan is not None:
-                # fixed-step RK returns NaN silently; adaptive RK fails in its error norm instead
-                if not math.isfinite(self.sol.norm(PETSc.NormType.NORM_INFINITY)):
+            if not self.adaptive or self._plan is not None:
+                # fixed-step RK returns NaN silently; adaptive RK fails in its error norm instead (a
+                # global 2-norm: NaN on one rank reaches all, so every rank fails at the same step)
+                if self.mpi is None and not math.isfinite(self.sol.norm(PETSc.NormType.NORM_INFINITY)):
                     raise self._nonfinite(ts, tau)
             target = self._taus[self._next_output]
-            if abs(tau - target) <= same_time_tolerance(target):
+            at_output = abs(tau - target) <= same_time_tolerance(target)
+            if self.mpi is not None and at_output and (not self.adaptive or self._plan is not None):
+                # a collective per output time, not per step: a rank that failed mid-interval stops
+                # every rank at the next output time
+                self._check_step_everywhere(ts, tau)
+            if at_output:
                 self._outputs[self._next_output].copy_(vec_as_tensor(self.sol))
                 self._output_steps.append(ts.getStepNumber())
                 self._next_output += 1

@@ -67,14 +67,14 @@ def run_case(comm, name, method, rtol=1e-7, atol=1e-9, options=None, reverse=Fal
     return {f"{name}/{k}": v for k, v in out.items()}
 
 
-def main():
+def main(path):
     comm = MPI.COMM_WORLD
     results = {"size": np.array(comm.Get_size())}
     for name, case in CASES.items():
         results.update(run_case(comm, name, **case))
     if comm.Get_rank() == 0:
-        np.savez(sys.argv[1], **results)
+        np.savez(path, **results)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1])
