@@ -2,12 +2,16 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OUT    ?= outputs
+MPIEXEC ?= mpiexec
+NP     ?= 2
+DEMO_ITERS ?= 400
 
-.PHONY: setup test demo lint bench clean help
+.PHONY: setup test demo demo-serial lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
-	@echo "make demo   - set up (if needed) and train the demo neural ODE, writing $(OUT)/*.png"
+	@echo "make demo   - set up (if needed) and train the spiral neural ODE on $(NP) MPI ranks, writing $(OUT)/*.png"
+	@echo "make demo-serial - the same model trained by examples/spiral.py in one process"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run benchmarks/ (tables written to benchmarks/results/)"
 
@@ -17,7 +21,12 @@ setup:
 test: setup
 	$(PY) -m pytest tests
 
+# data-parallel training under MPI through the pnode-train driver (progress, checkpoints, plot)
 demo: setup
+	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_spiral.py --iterations $(DEMO_ITERS) --log-every 20 \
+		--checkpoint $(OUT)/spiral_mpi.pt --checkpoint-every 100 -- --out $(OUT) --report-every 200
+
+demo-serial: setup
 	$(PY) examples/spiral.py --out $(OUT)
 
 lint: setup

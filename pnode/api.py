@@ -13,7 +13,7 @@ from ._petsc import check_scalar_type
 from .autograd import OdeintFunction
 from .bridge import PETSC_DTYPE, StateLayout
 from .distributed import check_consistent, is_distributed, petsc_comm
-from .errors import InvalidArgumentError, PnodeError
+from .errors import InvalidArgumentError
 from .methods import DEFAULT_METHOD, Method, get_method, require_adjoint
 from .options import SolveOptions
 from .problem import VectorField
@@ -31,6 +31,12 @@ class ODESolver:
     comm=None)(y0, t)`` returns what :func:`odeint` returns.  PETSc objects are built on the first call
     and reused while the state's shapes and dtype stay the same.  After every call :attr:`stats` holds
     the solve's statistics and :attr:`step_times` its accepted step times.
+
+    ``comm`` (an mpi4py communicator or a PETSc.Comm) distributes the solve: every rank passes its shard
+    of the batch as ``y0`` (uneven shards allowed) and gets its shard of the output; all ranks take the
+    same steps.  The gradient each rank receives for the parameters and for ``t`` is the gradient of the
+    **sum of all ranks' losses** (one allreduce per backward pass); ``dL/dy0`` is the rank's own shard.
+    Every rank must make the same calls; a failure on one rank raises on all (see pnode.distributed).
     """
 
     def __init__(self, func: Callable, *, method: str | None = None, rtol: float = 1e-7, atol: float = 1e-9,
@@ -91,7 +97,7 @@ class ODESolver:
             rebuild = self._needs_rebuild(layout, params, t.dtype)
             facts = {"t": taus * sign, "whether a gradient is needed (requires_grad, torch.no_grad)": needs_grad,
                      "the list of parameter shapes": [tuple(p.shape) for p in params]}
-        except PnodeError as caught:
+        except Exception as caught:  # noqa: BLE001 - raised on every rank by check_consistent
             error = caught
         gathered = check_consistent(self._mpi, error, agree=facts, gather=rebuild)
         return (*checked, any(gathered))
@@ -212,7 +218,7 @@ def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, at
     shape ``(len(t), *y0.shape)`` (a tuple of such tensors when ``y0`` is a tuple).  Gradients reach
     ``y0``, the parameters of ``func`` (an ``nn.Module``; or ``adjoint_params``) and ``t`` through PETSc's
     discrete adjoint, exact for the discrete solution.  See :class:`ODESolver` to reuse PETSc objects
-    across calls and read statistics.
+    across calls and read statistics, and for ``comm=`` (MPI: each rank passes its batch shard).
     """
     solver = ODESolver(func, method=method, rtol=rtol, atol=atol, options=options,
                        adjoint_params=adjoint_params, comm=comm)
