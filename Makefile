@@ -34,6 +34,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/explicit.py
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache benchmarks/results

@@ -18,11 +18,13 @@ import torch
 
 from ._petsc import PETSc
 from .bridge import vec_as_tensor
+from .checkpointing import CheckpointPolicy, ScheduleRunner
 from .distributed import agree_on_failure, allreduce_sum_, raise_agreed
 from .errors import (
     InvalidArgumentError,
     MaxStepsError,
     NonFiniteError,
+    PetscConfigurationError,
     PnodeError,
     RemoteRankError,
     SolverError,
@@ -33,6 +35,7 @@ from .problem import CallbackErrors, RHSProblem, VectorField
 from .stats import SolveStats
 from .timegrid import fixed_step_times, same_time_tolerance
 
+_REPLAY = {"ts_adapt_type": "none"}
 _PETSC_ERR_FP = 72   # PETSC_ERR_FP: a floating-point exception (NaN/Inf in an adaptive error norm)
 _REASONS = {v: k for k, v in vars(PETSc.TS.ConvergedReason).items() if not k.startswith("_")}
 _FIX_HINT = {
@@ -50,6 +53,12 @@ class ForwardRecord:
     step_times: np.ndarray          # accepted step boundaries, tau[0] first
     output_steps: list[int]         # step number at each output time
     y0: torch.Tensor                # flat float64 start state
+    runner: ScheduleRunner | None = None   # checkpointed fixed-step solves: the schedule, forward part done
+
+    def release(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
 
 
 class TSDriver:
@@ -66,6 +75,10 @@ class TSDriver:
         self.n_params = sum(p.numel() for p in field.params)
         self.problem = RHSProblem(field, n_local, self.n_params, comm, self.errors)
         self.n_local = n_local
+        self.checkpoints = CheckpointPolicy.parse(options.checkpoints)
+        self._capturing = True
+        self._in_adjoint = False
+        self._lam: PETSc.Vec | None = None
         self._token = 0
         self._trajectory_token: int | None = None   # which forward the stored trajectory belongs to
         self._build()
@@ -111,7 +124,7 @@ class TSDriver:
                 "(-ts_adapt_type asks for that); use a fixed step (options={'step_size': h}) or an adaptive "
                 "method such as dopri5, bosh3, rk5bs or rk8vr")
 
-    def _set_from_options(self, keep_trajectory: bool = True) -> None:
+    def _set_from_options(self, keep_trajectory: bool = True, replay: bool = False) -> None:
         """Apply the options database; also gives the TS a fresh in-memory trajectory (a memory
         trajectory reused for a longer run than it was set up for crashes PETSc), or none at all for a
         solve that needs no gradient."""
@@ -119,8 +132,12 @@ class TSDriver:
         ts.removeTrajectory()
         if keep_trajectory:
             ts.setSaveTrajectory()
-        with OptionsScope({**self._defaults, **self.options.petsc}):
+        # a replay steps exactly by recorded step times: no controller, which would also leave its own
+        # proposal, not the step taken, in PETSc's trajectory (wrong adjoint at a segment's first step)
+        with OptionsScope({**self._defaults, **self.options.petsc}, force=_REPLAY if replay else None):
             ts.setFromOptions()
+            if replay:
+                return
             db = PETSc.Options()
             self.adaptive = db.getString("ts_adapt_type") != "none"
             dt = db.getReal("ts_dt", 0.0)
@@ -133,6 +150,8 @@ class TSDriver:
 
     # ------------------------------------------------------------------ step control callbacks
     def _pre_step(self, ts) -> None:
+        if self._in_adjoint:        # PETSc re-stepping inside TSAdjoint (solution-only trajectories)
+            return
         try:
             k = ts.getStepNumber()
             tau = ts.getTime()
@@ -148,14 +167,19 @@ class TSDriver:
             raise
 
     def _post_step(self, ts) -> None:
+        if self._in_adjoint:
+            return
         try:
             tau = ts.getTime()
-            self._step_times.append(tau)
+            if self._capturing:
+                self._step_times.append(tau)
             if not self.adaptive or self._plan is not None:
                 # fixed-step RK returns NaN silently; adaptive RK fails in its error norm instead (a
                 # global 2-norm: NaN on one rank reaches all, so every rank fails at the same step)
                 if self.mpi is None and not math.isfinite(self.sol.norm(PETSc.NormType.NORM_INFINITY)):
                     raise self._nonfinite(ts, tau)
+            if not self._capturing:
+                return
             target = self._taus[self._next_output]
             at_output = abs(tau - target) <= same_time_tolerance(target)
             if self.mpi is not None and at_output and (not self.adaptive or self._plan is not None):
@@ -180,9 +204,9 @@ class TSDriver:
             reason="NONFINITE", time=t)
 
     def _check_step_everywhere(self, ts, tau: float) -> None:
-        """One allreduce per step: did any rank record a failure or hold a non-finite value?  Every rank
-        gets the same answer, so every rank stops at the same step (a NaN-propagating MAX reduction, as
-        in Vec.norm(NORM_INFINITY), may give different answers on different ranks)."""
+        """One allreduce: did any rank record a failure or hold a non-finite value?  Every rank gets the
+        same answer, so every rank stops at the same step (a MAX reduction, as in
+        Vec.norm(NORM_INFINITY), may give NaN on some ranks and a number on others)."""
         local = np.array([0.0 if np.isfinite(vec_as_tensor(self.sol).numpy()).all() else 1.0,
                           0.0 if self.errors.error is None else 1.0])
         allreduce_sum_(local, self.mpi)
@@ -194,7 +218,10 @@ class TSDriver:
     # ------------------------------------------------------------------ forward
     def forward(self, y0: torch.Tensor, taus: np.ndarray, outputs: torch.Tensor,
                 plan: np.ndarray | None = None, keep_trajectory: bool = True) -> ForwardRecord:
-        """Solve from ``y0`` (flat float64) over increasing ``taus``; writes ``outputs[i] = y(taus[i])``."""
+        """Solve from ``y0`` (flat float64) over increasing ``taus``; writes ``outputs[i] = y(taus[i])``.
+
+        ``keep_trajectory`` prepares the backward pass: the whole trajectory in memory, or with
+        ``options["checkpoints"]`` what the schedule stores.  ``plan`` replays recorded step times."""
         ts = self.ts
         self._token += 1
         self._taus = taus
@@ -202,27 +229,72 @@ class TSDriver:
         self._next_output = 1
         self._output_steps = [0]
         self._step_times = [float(taus[0])]
+        self._capturing = True
         outputs[0].copy_(y0)
         if plan is None and not self.adaptive:
             plan = fixed_step_times(taus, self.option_step or self.options.step_size)
         self._plan = plan
-        if len(taus) > 1:
-            self._trajectory_token = None
-            self._set_from_options(keep_trajectory)
-            vec_as_tensor(self.sol, readonly=False).copy_(y0)
-            self.sol.stateIncrease()
-            ts.setTime(float(taus[0]))
-            ts.setStepNumber(0)
+        runner = None
+        checkpointed = keep_trajectory and self.checkpoints is not None
+        self._trajectory_token = None
+        if len(taus) > 1 and checkpointed and plan is not None:
+            # fixed steps: the schedule's forward part is this forward pass (it stores its checkpoints)
+            runner = ScheduleRunner(self, self.checkpoints, plan, self._plan_output_steps(plan, taus))
+            try:
+                runner.run_forward(y0.numpy(), capture=True)
+            except BaseException:
+                runner.close()
+                raise
+            self._check_finished(taus)
+            runner.trajectory_token = self._trajectory_token
+        elif len(taus) > 1:
+            keep = keep_trajectory and not checkpointed
+            self._set_from_options(keep)
+            self._start(y0.numpy(), float(taus[0]), 0,
+                        float(plan[1] - plan[0]) if plan is not None else self._first_step(y0, taus))
             ts.setMaxTime(float(taus[-1]))
-            ts.setTimeStep(float(plan[1] - plan[0]) if plan is not None else self._first_step(y0, taus))
             limit = self.options.max_num_steps
             ts.setMaxSteps(limit if plan is None else min(limit, len(plan) - 1))
             self._run(ts.solve, self.sol)
             self._check_finished(taus)
-            self._trajectory_token = self._token if keep_trajectory else None
+            self._trajectory_token = self._token if keep else None
+            self.stats.peak_stored_states = len(self._step_times) if keep else 0
         self.stats.steps += len(self._step_times) - 1
-        self.stats.rejected_steps += ts.getStepRejections() if len(taus) > 1 else 0
-        return ForwardRecord(self._token, np.asarray(self._step_times), list(self._output_steps), y0.clone())
+        self.stats.rejected_steps += ts.getStepRejections() if len(taus) > 1 and runner is None else 0
+        return ForwardRecord(self._token, np.asarray(self._step_times), list(self._output_steps), y0.clone(),
+                             runner)
+
+    @staticmethod
+    def _plan_output_steps(plan: np.ndarray, taus: np.ndarray) -> list[int]:
+        return [int(i) for i in np.searchsorted(plan, taus)]
+
+    def _start(self, state: np.ndarray, tau: float, step: int, dt: float) -> None:
+        np.copyto(self.sol.getArray(), state)
+        self.sol.stateIncrease()
+        self.ts.setTime(tau)
+        self.ts.setStepNumber(step)
+        self.ts.setTimeStep(dt)
+        # PETSc marks a restart only when a solve starts at step 0; an FSAL method (dopri5, bosh3) resumed
+        # at a checkpoint would otherwise reuse the last stage of whatever step it computed before
+        self.ts.restartStep()
+
+    def replay(self, state: np.ndarray, plan: np.ndarray, n0: int, n1: int, keep_trajectory: bool,
+               capture: bool = False) -> np.ndarray:
+        """Steps n0..n1 of the step sequence ``plan`` from ``state`` (the solution at step n0); returns a
+        copy of the solution at step n1.  With ``keep_trajectory`` PETSc keeps these steps' stages for
+        :meth:`adjoint_steps`; with ``capture`` output times passed on the way are recorded."""
+        ts = self.ts
+        self._plan = plan
+        self._capturing = capture
+        self._set_from_options(keep_trajectory, replay=True)
+        self._start(state, float(plan[n0]), n0, float(plan[n0 + 1] - plan[n0]))
+        ts.setMaxTime(float(plan[n1]))
+        ts.setMaxSteps(n1)
+        self._run(ts.solve, self.sol)
+        if ts.getStepNumber() != n1:
+            self._raise_stopped(float(plan[n1]))
+        self._trajectory_token = self._token if keep_trajectory else None
+        return self.sol.getArray(readonly=True).copy()
 
     def _first_step(self, y0: torch.Tensor, taus: np.ndarray) -> float:
         """Initial step: the user's ``first_step``, else Hairer & Wanner's heuristic (II.4), as
@@ -293,17 +365,19 @@ class TSDriver:
         self._raise_petsc(ierrs[0], petsc_error)
 
     def _check_finished(self, taus: np.ndarray) -> None:
-        reached = self._next_output == len(taus)
+        if self._next_output < len(taus):
+            self._raise_stopped(float(taus[-1]))
+
+    def _raise_stopped(self, target: float) -> None:
+        """The solve ended before ``target`` (tau): raise what PETSc's converged reason says."""
         reason = self.ts.getConvergedReason()
-        if reached:
-            return
         tau = self.ts.getTime()
         t = self.field.sign * tau
         name = _REASONS.get(reason, str(reason))
         if reason == PETSc.TS.ConvergedReason.CONVERGED_ITS:
             raise MaxStepsError(
                 f"the solve stopped after {self.ts.getStepNumber()} steps at t={t:.6g} before reaching "
-                f"t={self.field.sign * taus[-1]:.6g}; raise options['max_num_steps'] (now "
+                f"t={self.field.sign * target:.6g}; raise options['max_num_steps'] (now "
                 f"{self.options.max_num_steps}) or loosen rtol/atol", reason="CONVERGED_ITS", time=t)
         hint = _FIX_HINT.get(name, "see PETSc's -ts_monitor and -ts_adapt_monitor output")
         raise SolverError(f"PETSc TS stopped with reason {name} at t={t:.6g}: {hint}", reason=name, time=t)
@@ -330,6 +404,11 @@ class TSDriver:
 
     def _raise_petsc(self, ierr: int, error: PETSc.Error | None) -> None:
         t = self.field.sign * self.ts.getTime()
+        if "revolve" in str(error):
+            raise PetscConfigurationError(
+                "these -ts_trajectory_* options need a PETSc configured with --download-revolve (this one "
+                "was not); use pnode's own bounded-memory adjoint instead: options={'checkpoints': K}"
+            ) from None
         if ierr == _PETSC_ERR_FP:
             raise NonFiniteError(
                 f"NaN or Inf appeared in the solve near t={t:.6g} (PETSc error 72, floating point); the "
@@ -346,33 +425,51 @@ class TSDriver:
         self._trajectory_token = None
 
     # ------------------------------------------------------------------ backward
+    def adjoint_steps(self, n: int, agree: bool = True) -> None:
+        """Run TSAdjoint ``n`` steps back from where the trajectory's adjoint stands.  ``agree=False``
+        leaves error handling (and, under MPI, the agreement between ranks) to an enclosing ``_run``."""
+        self.ts.adjointSetSteps(n)
+        self._in_adjoint = True
+        try:
+            if agree:
+                self._run(self.ts.adjointSolve, what="the adjoint")
+            else:
+                self.ts.adjointSolve()
+        finally:
+            self._in_adjoint = False
+
+    def add_to_cost_gradient(self, values: np.ndarray) -> None:
+        """lambda += values: an output time's cotangent, added when the adjoint reaches its step."""
+        array = self._lam.getArray()
+        array += values
+        self._lam.stateIncrease()
+
     def backward(self, record: ForwardRecord, taus: np.ndarray, grad_outputs: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Discrete adjoint: returns this rank's dL/dy0 (flat) and dL/dtheta (flat), where L is the sum of
-        all ranks' losses."""
-        if self._trajectory_token != record.token:
-            scratch = torch.empty(len(taus), self.n_local, dtype=torch.float64)
-            saved = self.stats.steps, self.stats.rejected_steps
-            self.forward(record.y0, taus, scratch, plan=record.step_times)
-            self.stats.steps, self.stats.rejected_steps = saved
-            record.token = self._token
-        self._trajectory_token = None     # the adjoint consumes the trajectory
+        all ranks' losses (the parameter gradient is reduced once, after the sweep)."""
         lam = self.sol.duplicate()
-        lam_t = vec_as_tensor(lam, readonly=False)
-        lam_t.copy_(grad_outputs[-1])
+        np.copyto(lam.getArray(), grad_outputs[-1].numpy())
         lam.stateIncrease()
         mu = None
         if self.n_params:
             mu = self.problem.Jp.createVecRight()
             mu.set(0.0)
+        self._lam = lam
         try:
             self.ts.setCostGradients([lam], [mu] if mu is not None else None)
-            # one agreement for the whole sweep: the RK adjoint has no collectives, and a failing rank
-            # poisons its VJPs with NaN instead of raising
-            self._run(self._adjoint_sweep, record.output_steps, lam, grad_outputs, what="the adjoint")
+            if len(record.step_times) == 1:
+                pass            # a single output time: y = y0, nothing to integrate back
+            elif self.checkpoints is not None:
+                self._backward_with_schedule(record, taus, grad_outputs)
+            else:
+                self._backward_store_all(record, taus, grad_outputs)
             grad_y0 = vec_as_tensor(lam).clone()
             grad_p = vec_as_tensor(mu).clone() if mu is not None else None
         finally:
+            self._trajectory_token = None     # the adjoint consumed the trajectory
+            record.release()
+            self._lam = None
             lam.destroy()
             if mu is not None:
                 mu.destroy()
@@ -382,15 +479,33 @@ class TSDriver:
             allreduce_sum_(grad_p.numpy(), self.mpi)
         return grad_y0, grad_p
 
-    def _adjoint_sweep(self, steps: list[int], lam: PETSc.Vec, grad_outputs: torch.Tensor) -> None:
+    def _backward_store_all(self, record: ForwardRecord, taus: np.ndarray, grad_outputs: torch.Tensor) -> None:
+        if self._trajectory_token != record.token:
+            # another forward ran since (or this record was already reversed): replay its steps exactly
+            steps = len(record.step_times) - 1
+            self.replay(record.y0.numpy(), record.step_times, 0, steps, keep_trajectory=True)
+            self.stats.recomputed_steps += steps
+        # one agreement for the whole sweep (MPI): the RK adjoint has no collectives, and a failing rank
+        # poisons its VJPs with NaN instead of raising
+        self._run(self._adjoint_sweep, record.output_steps, grad_outputs, what="the adjoint")
+
+    def _adjoint_sweep(self, steps: list[int], grad_outputs: torch.Tensor) -> None:
         for i in range(len(steps) - 1, 0, -1):
-            n = steps[i] - steps[i - 1]
-            if n:
-                self.ts.adjointSetSteps(n)
-                self.ts.adjointSolve()
-            lam_t = vec_as_tensor(lam, readonly=False)
-            lam_t.add_(grad_outputs[i - 1])
-            lam.stateIncrease()
+            if steps[i] > steps[i - 1]:
+                self.adjoint_steps(steps[i] - steps[i - 1], agree=False)
+            self.add_to_cost_gradient(grad_outputs[i - 1].numpy())
+
+    def _backward_with_schedule(self, record: ForwardRecord, taus: np.ndarray, grad_outputs: torch.Tensor) -> None:
+        runner = record.runner
+        if runner is None or runner.trajectory_token != self._trajectory_token or self._trajectory_token is None:
+            # adaptive solve (step count known only now), or the forward part's state is gone: run the
+            # whole schedule from y0 over the recorded steps
+            if runner is not None:
+                runner.close()
+            runner = ScheduleRunner(self, self.checkpoints, record.step_times, record.output_steps)
+            record.runner = runner
+            runner.run_forward(record.y0.numpy(), capture=False)
+        runner.run_reverse(grad_outputs)
 
 
 def describe(mapping: Mapping) -> str:

@@ -15,6 +15,10 @@ class SolveStats:
     vjp_fallbacks: parameter VJPs that could not reuse the fused pass (should stay 0; see problem.py).
     jvp_evals: Jacobian-vector products (implicit methods).
     forward_time / backward_time: wall-clock seconds.
+    checkpoints_ram / checkpoints_disk: states the checkpointing schedule wrote (options["checkpoints"]).
+    recomputed_steps: forward steps re-run to serve the adjoint (checkpointing, or a replayed trajectory).
+    peak_stored_states: most solution states held at once for the adjoint (checkpoints plus the steps in
+        PETSc's trajectory; without checkpointing, every step).
     method / ts_type: what PETSc actually ran (command-line options may override the Python choice).
     """
 
@@ -28,6 +32,10 @@ class SolveStats:
     jvp_evals: int = 0
     forward_time: float = 0.0
     backward_time: float = 0.0
+    checkpoints_ram: int = 0
+    checkpoints_disk: int = 0
+    recomputed_steps: int = 0
+    peak_stored_states: int = 0
 
     def reset_forward(self, method: str, ts_type: str) -> None:
         for f in fields(self):
