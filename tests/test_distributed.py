@@ -12,7 +12,8 @@ from mpi_run import WORKERS, check, mpiexec
 
 from pnode.distributed import shard, shard_range
 
-CASES = ("rk4_fixed", "dopri5_adaptive", "bosh3_adaptive_backward_time")
+CASES = ("rk4_fixed", "dopri5_adaptive", "bosh3_adaptive_backward_time", "rk4_fixed_checkpointed",
+         "dopri5_adaptive_checkpointed")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,14 @@ def test_rank_invariance(rank_runs, n, case):
     assert float(many[f"{case}/param_grad_spread_across_ranks"]) == 0.0
 
 
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("case", ["rk4_fixed", "dopri5_adaptive"])
+def test_checkpointed_adjoint_matches_store_all_on_every_rank_count(rank_runs, n, case):
+    # the same discrete adjoint, with states recomputed from checkpoints: equal up to rounding
+    store_all, checkpointed = rank_runs[n][f"{case}/grad_params"], rank_runs[n][f"{case}_checkpointed/grad_params"]
+    assert np.abs(checkpointed - store_all).max() <= 1e-12 * np.abs(store_all).max()
+
+
 @pytest.fixture(scope="module")
 def failure_table(tmp_path_factory):
     folder = tmp_path_factory.mktemp("failures")
@@ -63,7 +72,7 @@ def failure_table(tmp_path_factory):
         return json.load(handle)
 
 
-@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "rk4_checkpointed"])
 @pytest.mark.parametrize("mode, on_failing_rank, elsewhere", [
     ("raise_forward", "Boom: func failed on rank 1", "RemoteRankError: rank 1 failed during the solve with Boom"),
     ("raise_backward", "Boom: func failed in a VJP", "RemoteRankError: rank 1 failed during the adjoint with Boom"),
@@ -78,7 +87,7 @@ def test_failure_on_one_rank_raises_everywhere(failure_table, method, mode, on_f
         assert rank["then"] == "no error"          # the same solver works again afterwards
 
 
-@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "rk4_checkpointed"])
 def test_invalid_arguments_on_one_rank(failure_table, method):
     for rank in failure_table[f"{method}/different_t"]:
         assert rank["raised"].startswith("InvalidArgumentError: t differs across MPI ranks")

@@ -58,7 +58,9 @@ def main():
     y0 = torch.full((2 + RANK, 3), 1.0 + RANK)
     t = torch.linspace(0.0, 1.0, 4)
     table = {}
-    for method, options in (("rk4", {"step_size": 0.05}), ("dopri5", None)):
+    variants = {"rk4": ("rk4", {"step_size": 0.05}), "dopri5": ("dopri5", None),
+                "rk4_checkpointed": ("rk4", {"step_size": 0.05, "checkpoints": 2})}
+    for name, (method, options) in variants.items():
         field = Field()
         solver = pnode.ODESolver(field, method=method, options=options, comm=COMM)
         for mode in ("raise_forward", "nan_forward", "raise_backward"):
@@ -66,14 +68,14 @@ def main():
             outcome = attempt(solver, field, mode, y0.clone().requires_grad_(), t)
             seconds = time.perf_counter() - start
             recovered = attempt(solver, field, None, y0.clone().requires_grad_(), t)
-            table[f"{method}/{mode}"] = COMM.gather({"raised": outcome, "seconds": seconds,
+            table[f"{name}/{mode}"] = COMM.gather({"raised": outcome, "seconds": seconds,
                                                       "then": recovered})
         # invalid arguments on one rank only
         bad_t = t * 2 if RANK == FAILING else t
-        table[f"{method}/different_t"] = COMM.gather({"raised": attempt(solver, field, None, y0, bad_t)})
+        table[f"{name}/different_t"] = COMM.gather({"raised": attempt(solver, field, None, y0, bad_t)})
         bad_y0 = y0.long() if RANK == FAILING else y0
-        table[f"{method}/bad_y0_dtype"] = COMM.gather({"raised": attempt(solver, field, None, bad_y0, t)})
-        table[f"{method}/after_all"] = COMM.gather({"raised": attempt(solver, field, None, y0, t)})
+        table[f"{name}/bad_y0_dtype"] = COMM.gather({"raised": attempt(solver, field, None, bad_y0, t)})
+        table[f"{name}/after_all"] = COMM.gather({"raised": attempt(solver, field, None, y0, t)})
     if RANK == 0:
         with open(sys.argv[1], "w") as handle:
             json.dump(table, handle, indent=1)

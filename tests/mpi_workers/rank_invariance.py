@@ -20,6 +20,9 @@ CASES = {
     "rk4_fixed": dict(method="rk4", options={"step_size": 0.05}),
     "dopri5_adaptive": dict(method="dopri5", rtol=1e-6, atol=1e-8),
     "bosh3_adaptive_backward_time": dict(method="bosh3", rtol=1e-5, atol=1e-7, reverse=True),
+    # pnode-owned checkpointing: 3 states in RAM, the rest recomputed segment by segment
+    "rk4_fixed_checkpointed": dict(method="rk4", options={"step_size": 0.05, "checkpoints": 3}),
+    "dopri5_adaptive_checkpointed": dict(method="dopri5", rtol=1e-6, atol=1e-8, options={"checkpoints": 3}),
 }
 
 
