@@ -46,7 +46,7 @@ def test_rank_invariance(rank_runs, n, case):
     # (measured 5e-9); the solution and gradients, smooth in the step sizes, stay at ~1e-14 (measured
     # 2e-14), so 1e-12 relative is tight with margin.
     rel = {"step_times": 1e-7}
-    for key in ("loss", "ys", "grad_y0", "grad_t", "grad_params", "step_times"):
+    for key in ("loss", "ys", "grad_y0", "grad_t", "grad_params", "grad_outside_param", "step_times"):
         want, got = one[f"{case}/{key}"], many[f"{case}/{key}"]
         scale = np.abs(want).max()
         assert np.abs(got - want).max() <= rel.get(key, 1e-12) * scale, (case, key)

@@ -12,7 +12,7 @@ import torch
 from mpi4py import MPI
 
 import pnode
-from pnode.distributed import shard
+from pnode.distributed import allreduce_gradients, shard
 
 torch.set_default_dtype(torch.float64)
 BATCH, DIM, WIDTH = 7, 3, 16          # 7 samples: uneven shards on 2 (4+3) and 3 (3+2+2) ranks
@@ -52,8 +52,10 @@ def run_case(comm, name, method, rtol=1e-7, atol=1e-9, options=None, reverse=Fal
     field = Field()
     solver = pnode.ODESolver(field, method=method, rtol=rtol, atol=atol, options=options, comm=comm)
     ys = solver(y0, t)
-    loss = (weights * ys).sum() + (ys ** 2).sum() * 0.1       # this rank's part of the global loss
+    head = torch.tensor(1.5, requires_grad=True)              # a parameter used outside the solve
+    loss = head * (weights * ys).sum() + (ys ** 2).sum() * 0.1   # this rank's part of the global loss
     loss.backward()
+    allreduce_gradients([head], comm)                          # pnode reduces only the field's own
     out = {
         "steps": np.array([solver.stats.steps, solver.stats.rejected_steps]),
         "step_times": solver.step_times.numpy(),
@@ -62,6 +64,7 @@ def run_case(comm, name, method, rtol=1e-7, atol=1e-9, options=None, reverse=Fal
         "grad_y0": np.concatenate(comm.allgather(y0.grad.numpy()), axis=0),
         "grad_t": t.grad.numpy(),
         "grad_params": np.concatenate([p.grad.reshape(-1).numpy() for p in field.parameters()]),
+        "grad_outside_param": head.grad.reshape(1).numpy(),
     }
     # every rank must hold the same parameter gradient (the sum over all ranks' losses)
     spread = comm.allreduce(float(np.abs(out["grad_params"] - comm.bcast(out["grad_params"])).max()), op=MPI.MAX)
