@@ -14,7 +14,12 @@ _DOC = {
     "first_step": "initial step size of an adaptive solve (default: Hairer's heuristic)",
     "max_num_steps": "largest number of accepted steps before the solve fails (default 1,000,000)",
     "petsc": "dict of raw PETSc options, e.g. {'ts_adapt_type': 'dsp', 'ts_monitor': None}",
+    "jacobian": "implicit methods: 'matrix_free' (JVP/VJP shells, GMRES), 'batched' (leading dim of y0 = "
+                "independent samples: per-sample blocks, exact batched LU) or 'dense'; default: dense up to "
+                "64 unknowns, matrix_free above",
+    "theta": "theta of method='theta' (default 0.5)",
 }
+_JACOBIANS = ("matrix_free", "batched", "dense")
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class SolveOptions:
     first_step: float | None = None
     max_num_steps: int = 1_000_000
     petsc: dict[str, str] = field(default_factory=dict)
+    jacobian: str | None = None
+    theta: float | None = None
 
     @classmethod
     def parse(cls, options: Mapping | None) -> SolveOptions:
@@ -39,7 +46,15 @@ class SolveOptions:
         max_steps = options.get("max_num_steps", cls.max_num_steps)
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise InvalidArgumentError(f"options['max_num_steps'] must be a positive int, got {max_steps!r}")
-        return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")))
+        jacobian = options.get("jacobian")
+        if jacobian is not None and jacobian not in _JACOBIANS:
+            raise InvalidArgumentError(f"options['jacobian'] must be one of {', '.join(map(repr, _JACOBIANS))} "
+                                       f"or None (default), got {jacobian!r}")
+        theta = _positive(options, "theta")
+        if theta is not None and theta > 1:
+            raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
+        return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")),
+                   jacobian, theta)
 
 
 def _positive(options: Mapping, key: str) -> float | None:
