@@ -3,11 +3,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OUT    ?= outputs
 
-.PHONY: setup test demo lint bench clean help
+.PHONY: setup test demo demo-spiral lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
-	@echo "make demo   - set up (if needed) and train the demo neural ODE, writing $(OUT)/*.png"
+	@echo "make demo   - set up (if needed) and train a neural ODE on stiff Robertson kinetics (implicit"
+	@echo "              arkimex4 vs explicit dopri5), writing $(OUT)/robertson.png"
+	@echo "make demo-spiral - the explicit spiral neural ODE demo, writing $(OUT)/spiral.png"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run benchmarks/ (tables written to benchmarks/results/)"
 
@@ -18,6 +20,9 @@ test: setup
 	$(PY) -m pytest tests
 
 demo: setup
+	$(PY) examples/robertson.py --out $(OUT)
+
+demo-spiral: setup
 	$(PY) examples/spiral.py --out $(OUT)
 
 lint: setup
@@ -25,6 +30,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/explicit.py
+	$(PY) benchmarks/stiff.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache benchmarks/results

@@ -154,7 +154,9 @@ class BlockDiagonal(JacobianStrategy):
 
     def _block_solve(self, r: torch.Tensor, transpose: bool) -> torch.Tensor:
         if self._lu is None:
-            self._lu = torch.linalg.lu_factor(self.blocks)
+            # a singular block gives inf/nan, so Newton fails and PETSc reports it (no exception here)
+            lu, pivots, _ = torch.linalg.lu_factor_ex(self.blocks)
+            self._lu = (lu, pivots)
         rhs = r.view(self.n_blocks, self.d, 1)
         return torch.linalg.lu_solve(*self._lu, rhs, adjoint=transpose).view(-1)
 

@@ -261,6 +261,7 @@ class TSDriver:
             self._count_iterations()   # the statistics of a failed solve help diagnose it
             snes = _SNES_REASONS.get(self.ts.getSNES().getConvergedReason(), "")
             hint += f" (last Newton solve: {snes}, step size {self.ts.getTimeStep():.3g})"
+            self._rebuild()   # a failed implicit solve leaves adaptor/SNES state that poisons the next one
         raise SolverError(f"PETSc TS stopped with reason {name} at t={t:.6g}: {hint}", reason=name, time=t)
 
     def _run(self, call, *args) -> None:
