@@ -2,14 +2,17 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 OUT    ?= outputs
+MPIEXEC ?= mpiexec
+NP     ?= 2
+DEMO_ITERS ?= 400
 
-.PHONY: setup test demo demo-spiral lint bench clean help
+.PHONY: setup test demo demo-serial demo-robertson lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
-	@echo "make demo   - set up (if needed) and train a neural ODE on stiff Robertson kinetics (implicit"
-	@echo "              arkimex4 vs explicit dopri5), writing $(OUT)/robertson.png"
-	@echo "make demo-spiral - the explicit spiral neural ODE demo, writing $(OUT)/spiral.png"
+	@echo "make demo   - set up (if needed) and train the spiral neural ODE on $(NP) MPI ranks, writing $(OUT)/*.png"
+	@echo "make demo-serial - the same model trained by examples/spiral.py in one process"
+	@echo "make demo-robertson - train a neural ODE on stiff Robertson kinetics (arkimex4 vs dopri5), writing $(OUT)/robertson.png"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run benchmarks/ (tables written to benchmarks/results/)"
 
@@ -19,18 +22,23 @@ setup:
 test: setup
 	$(PY) -m pytest tests
 
+# data-parallel training under MPI through the pnode-train driver (progress, checkpoints, plot)
 demo: setup
-	$(PY) examples/robertson.py --out $(OUT)
+	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_spiral.py --iterations $(DEMO_ITERS) --log-every 20 \
+		--checkpoint $(OUT)/spiral_mpi.pt --checkpoint-every 100 -- --out $(OUT) --report-every 200
 
-demo-spiral: setup
+demo-serial: setup
 	$(PY) examples/spiral.py --out $(OUT)
+
+demo-robertson: setup
+	$(PY) examples/robertson.py --out $(OUT)
 
 lint: setup
 	$(PY) -m ruff check pnode tests examples benchmarks
 
 bench: setup
 	$(PY) benchmarks/explicit.py
-	$(PY) benchmarks/stiff.py
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache benchmarks/results

@@ -53,8 +53,11 @@ def build(problem: str):
     return func, y0, t, 1.0 / spec["steps"]
 
 
-def child(problem: str, variant: str, repeats: int) -> dict:
+def child(problem: str, variant: str, repeats: int, threads: int) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     func, y0, t, h = build(problem)
     params = list(func.parameters())
@@ -103,9 +106,10 @@ def main() -> None:
     parser.add_argument("--problem", default=None)
     parser.add_argument("--variant", default=None)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     args, _ = parser.parse_known_args()
     if args.child:
-        print(json.dumps(child(args.problem, args.variant, args.repeats)))
+        print(json.dumps(child(args.problem, args.variant, args.repeats, args.threads)))
         return
 
     rows = []
@@ -115,7 +119,7 @@ def main() -> None:
         for variant in VARIANTS:
             print(f"running {problem} / {variant} ...", flush=True)
             results[variant] = run_child(__file__, ["--problem", problem, "--variant", variant,
-                                                    "--repeats", str(args.repeats)])
+                                                    "--repeats", str(args.repeats), "--threads", str(args.threads)])
         base = results["plain_torch"].get("median_s")
         for variant, r in results.items():
             if "error" in r:
@@ -129,6 +133,8 @@ def main() -> None:
             for other in ("plain_torch", "torchdiffeq", "torchdiffeq_adjoint"):
                 if "error" not in results[other]:
                     summary.append(f"{problem}: pnode / {other} = {p / results[other]['median_s']:.2f}")
+    load = os.getloadavg()[0]
+    summary.append(f"torch threads: {args.threads or 'default'}; load average at the end: {load:.1f}")
     notes = ("Time per training step (forward + backward), ms; ratio to plain-torch autograd through the "
              "same RK4 loop; peak RSS growth while training, MiB.\n" + "\n".join(summary))
     write_table("explicit.md", ["problem", "variant", "median ms", "min ms", "x plain", "peak MiB", "note"],

@@ -9,6 +9,7 @@ from .errors import (
                      NonFiniteError,
                      PetscConfigurationError,
                      PnodeError,
+                     RemoteRankError,
                      ShapeMismatchError,
                      SolverError,
                      UnknownMethodError,
@@ -23,5 +24,5 @@ __all__ = [
     "odeint", "odeint_adjoint", "ODESolver", "IMEXField", "SolveStats", "last_stats", "METHODS", "available_methods",
     "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError", "ShapeMismatchError",
     "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError", "MaxStepsError",
-    "BackwardError",
+    "BackwardError", "RemoteRankError",
 ]

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._petsc import PETSc, check_scalar_type
+from ._petsc import check_scalar_type
 from .autograd import OdeintFunction
 from .bridge import PETSC_DTYPE, StateLayout
+from .distributed import check_consistent, is_distributed, petsc_comm
 from .errors import InvalidArgumentError
 from .methods import DEFAULT_METHOD, Method, get_method, require_adjoint
 from .options import SolveOptions
@@ -30,6 +31,12 @@ class ODESolver:
     comm=None)(y0, t)`` returns what :func:`odeint` returns.  PETSc objects are built on the first call
     and reused while the state's shapes and dtype stay the same.  After every call :attr:`stats` holds
     the solve's statistics and :attr:`step_times` its accepted step times.
+
+    ``comm`` (an mpi4py communicator or a PETSc.Comm) distributes the solve: every rank passes its shard
+    of the batch as ``y0`` (uneven shards allowed) and gets its shard of the output; all ranks take the
+    same steps.  The gradient each rank receives for the parameters and for ``t`` is the gradient of the
+    **sum of all ranks' losses** (one allreduce per backward pass); ``dL/dy0`` is the rank's own shard.
+    Every rank must make the same calls; a failure on one rank raises on all (see pnode.distributed).
     """
 
     def __init__(self, func: Callable, *, method: str | None = None, rtol: float = 1e-7, atol: float = 1e-9,
@@ -46,7 +53,8 @@ class ODESolver:
         for i, p in enumerate(self._adjoint_params or ()):
             if not isinstance(p, torch.Tensor):
                 raise InvalidArgumentError(f"adjoint_params[{i}] must be a tensor, got {type(p).__name__}")
-        self.comm = _petsc_comm(comm)
+        self.comm = petsc_comm(comm)
+        self._mpi = self.comm.tompi4py() if is_distributed(self.comm) else None
         self.stats = SolveStats()
         self._driver: TSDriver | None = None
         self._driver_key = None
@@ -54,6 +62,20 @@ class ODESolver:
 
     # ------------------------------------------------------------------ public
     def __call__(self, y0: State, t: torch.Tensor) -> State:
+        if self._mpi is None:
+            layout, taus, sign, params, needs_grad = self._check_call(y0, t)
+            rebuild = self._needs_rebuild(layout, params, t.dtype)
+        else:
+            layout, taus, sign, params, needs_grad, rebuild = self._check_call_everywhere(y0, t)
+        session = _Session(self, layout, taus, sign, params, t.dtype, rebuild)
+        y0_flat = layout.flatten(y0, differentiable=needs_grad)
+        if needs_grad:
+            outputs = OdeintFunction.apply(session, t, y0_flat, *params)
+        else:
+            outputs, _ = session.solve(y0_flat, keep_trajectory=False)
+        return layout.unflatten(outputs)
+
+    def _check_call(self, y0: State, t: torch.Tensor):
         layout = StateLayout.of(y0)
         taus, sign = check_times(t)
         params = self._params()
@@ -62,13 +84,23 @@ class ODESolver:
             t.requires_grad or any(p.requires_grad for p in parts) or any(p.requires_grad for p in params))
         if needs_grad:
             require_adjoint(self.method)
-        session = _Session(self, layout, taus, sign, params, t.dtype)
-        y0_flat = layout.flatten(y0, differentiable=needs_grad)
-        if needs_grad:
-            outputs = OdeintFunction.apply(session, t, y0_flat, *params)
-        else:
-            outputs, _ = session.solve(y0_flat, keep_trajectory=False)
-        return layout.unflatten(outputs)
+        return layout, taus, sign, params, needs_grad
+
+    def _check_call_everywhere(self, y0: State, t: torch.Tensor):
+        """The distributed form of :meth:`_check_call`: one collective in which every rank learns whether
+        any rank's arguments are invalid, whether the output times and the gradient request agree, and
+        whether any rank must rebuild its PETSc objects (building them is collective)."""
+        error, checked, rebuild, facts = None, None, False, {}
+        try:
+            checked = self._check_call(y0, t)
+            layout, taus, sign, params, needs_grad = checked
+            rebuild = self._needs_rebuild(layout, params, t.dtype)
+            facts = {"t": taus * sign, "whether a gradient is needed (requires_grad, torch.no_grad)": needs_grad,
+                     "the list of parameter shapes": [tuple(p.shape) for p in params]}
+        except Exception as caught:  # noqa: BLE001 - raised on every rank by check_consistent
+            error = caught
+        gathered = check_consistent(self._mpi, error, agree=facts, gather=rebuild)
+        return (*checked, any(gathered))
 
     @property
     def step_times(self) -> torch.Tensor:
@@ -96,14 +128,23 @@ class ODESolver:
                 "torch.no_grad() for a forward-only solve")
         return []
 
-    def driver(self, layout: StateLayout, params: list[torch.Tensor], time_dtype: torch.dtype) -> TSDriver:
-        key = (layout.shapes, layout.dtype, tuple((p.shape, p.dtype) for p in params), time_dtype)
-        if self._driver is None or key != self._driver_key:
+    def _needs_rebuild(self, layout: StateLayout, params: list[torch.Tensor], time_dtype: torch.dtype) -> bool:
+        return self._driver is None or self._key(layout, params, time_dtype) != self._driver_key
+
+    @staticmethod
+    def _key(layout: StateLayout, params: list[torch.Tensor], time_dtype: torch.dtype) -> tuple:
+        return (layout.shapes, layout.dtype, tuple((p.shape, p.dtype) for p in params), time_dtype)
+
+    def driver(self, layout: StateLayout, params: list[torch.Tensor], time_dtype: torch.dtype,
+               rebuild: bool) -> TSDriver:
+        """The TS driver for this problem shape; ``rebuild`` must be the same on every rank (building
+        PETSc objects on a parallel communicator is collective)."""
+        if rebuild:
             self.close()
             field = VectorField(self.func, layout, params, time_dtype, self.stats)
             self._driver = TSDriver(field, self.method, layout.size, self.options, self.rtol, self.atol,
                                     self.comm, self.stats)
-            self._driver_key = key
+            self._driver_key = self._key(layout, params, time_dtype)
         else:
             self._driver.field.params = list(params)
         return self._driver
@@ -119,13 +160,13 @@ class _Session:
     """One call of an :class:`ODESolver`: everything the forward and backward passes share."""
 
     def __init__(self, solver: ODESolver, layout: StateLayout, taus: np.ndarray, sign: float,
-                 params: list[torch.Tensor], time_dtype: torch.dtype):
+                 params: list[torch.Tensor], time_dtype: torch.dtype, rebuild: bool):
         self.solver = solver
         self.layout = layout
         self.taus = taus
         self.sign = sign
         self.params = params
-        self.driver = solver.driver(layout, params, time_dtype)
+        self.driver = solver.driver(layout, params, time_dtype, rebuild)
         self.driver.field.sign = sign
 
     def solve(self, y0_flat: torch.Tensor, keep_trajectory: bool) -> tuple[torch.Tensor, ForwardRecord]:
@@ -158,13 +199,14 @@ class _Session:
         """dL/dt_i = g_i . f(t_i, y_i) for i >= 1 and dL/dt_0 = -(dL/dy0 - g_0) . f(t_0, y_0): the exact
         derivatives of the ODE's solution (torchdiffeq's convention); the discrete solution's differ by
         the integration error."""
-        field = self.driver.field
-        grad_t = torch.empty(len(self.taus), dtype=PETSC_DTYPE)
-        for i, tau in enumerate(self.taus):
-            f = field.evaluate(float(tau), outputs[i]) * self.sign   # f(t_i, y_i), unsigned
-            cot = grad_outputs[i] if i else grad_y0 - grad_outputs[0]
-            grad_t[i] = torch.dot(f, cot) * (1.0 if i else -1.0)
-        return grad_t
+        driver = self.driver
+        f = [driver.local_call(driver.field.evaluate, float(tau), outputs[i]) for i, tau in enumerate(self.taus)]
+        local = np.array([float(torch.dot(f[i], grad_outputs[i] if i else grad_y0 - grad_outputs[0]))
+                          for i in range(len(self.taus))])
+        # f is signed by the time direction; the dot products are local shards of global sums
+        dots = driver.global_sum(local, what="the time gradient") * self.sign
+        dots[0] = -dots[0]
+        return torch.from_numpy(dots)
 
 
 def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, atol: float = 1e-9,
@@ -176,7 +218,7 @@ def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, at
     shape ``(len(t), *y0.shape)`` (a tuple of such tensors when ``y0`` is a tuple).  Gradients reach
     ``y0``, the parameters of ``func`` (an ``nn.Module``; or ``adjoint_params``) and ``t`` through PETSc's
     discrete adjoint, exact for the discrete solution.  See :class:`ODESolver` to reuse PETSc objects
-    across calls and read statistics.
+    across calls and read statistics, and for ``comm=`` (MPI: each rank passes its batch shard).
     """
     solver = ODESolver(func, method=method, rtol=rtol, atol=atol, options=options,
                        adjoint_params=adjoint_params, comm=comm)
@@ -202,15 +244,3 @@ def _tolerance(value: float, name: str) -> float:
     if not number > 0 or not np.isfinite(number):
         raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}")
     return number
-
-
-def _petsc_comm(comm) -> PETSc.Comm:
-    if comm is None:
-        return PETSc.COMM_SELF
-    if isinstance(comm, PETSc.Comm):
-        return comm
-    try:
-        return PETSc.Comm(comm)
-    except Exception as error:  # noqa: BLE001
-        raise InvalidArgumentError(f"comm must be an mpi4py communicator or a PETSc.Comm, got "
-                                   f"{type(comm).__name__}") from error

@@ -58,3 +58,22 @@ class MaxStepsError(SolverError):
 
 class BackwardError(PnodeError):
     """The backward pass cannot be carried out as asked (for example, the parameters changed in place)."""
+
+
+class RemoteRankError(PnodeError):
+    """Another MPI rank of a distributed solve failed; this rank stops with it instead of waiting.
+
+    The rank where the failure happened raises the original exception; every other rank raises this.
+
+    Attributes
+    ----------
+    rank:
+        The (lowest) rank that failed.
+    description:
+        ``"ExceptionType: message"`` of that rank's exception.
+    """
+
+    def __init__(self, message: str, *, rank: int, description: str):
+        super().__init__(message)
+        self.rank = rank
+        self.description = description

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ._petsc import PETSc
+from .checkpointing import CheckpointPolicy
 from .errors import InvalidArgumentError
 
 _DOC = {
@@ -14,6 +15,8 @@ _DOC = {
     "first_step": "initial step size of an adaptive solve (default: Hairer's heuristic)",
     "max_num_steps": "largest number of accepted steps before the solve fails (default 1,000,000)",
     "petsc": "dict of raw PETSc options, e.g. {'ts_adapt_type': 'dsp', 'ts_monitor': None}",
+    "checkpoints": "bound the adjoint's memory: K (states in RAM), {'ram': K, 'disk': M}, or a factory "
+                   "n_steps -> checkpoint_schedules schedule (default: keep every step in memory)",
     "jacobian": "implicit methods: 'matrix_free' (JVP/VJP shells, GMRES), 'batched' (leading dim of y0 = "
                 "independent samples: per-sample blocks, exact batched LU) or 'dense'; default: dense up to "
                 "64 unknowns, matrix_free above",
@@ -28,6 +31,7 @@ class SolveOptions:
     first_step: float | None = None
     max_num_steps: int = 1_000_000
     petsc: dict[str, str] = field(default_factory=dict)
+    checkpoints: object = None
     jacobian: str | None = None
     theta: float | None = None
 
@@ -53,7 +57,10 @@ class SolveOptions:
         theta = _positive(options, "theta")
         if theta is not None and theta > 1:
             raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
-        return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")),
+
+        checkpoints = options.get("checkpoints")
+        CheckpointPolicy.parse(checkpoints)   # validate now, where the error points at the call
+        return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
                    jacobian, theta)
 
 
@@ -91,14 +98,23 @@ class OptionsScope:
 
     Options already in the database (the command line, ``PETSC_OPTIONS``) are left alone, so the command
     line wins; the ones added here are removed afterwards so they do not leak into other solvers.
+    ``force`` options override even the command line for the duration (pnode's own invariants).
     """
 
-    def __init__(self, options: Mapping[str, str]):
+    def __init__(self, options: Mapping[str, str], force: Mapping[str, str] | None = None):
         self.options = dict(options)
+        self.force = dict(force or {})
         self._added: list[str] = []
+        self._replaced: dict[str, str] = {}
 
     def __enter__(self) -> OptionsScope:
         db = PETSc.Options()
+        for key, value in self.force.items():
+            if db.hasName(key):
+                self._replaced[key] = db.getString(key)
+            else:
+                self._added.append(key)
+            db.setValue(key, value)
         for key, value in self.options.items():
             if not db.hasName(key):
                 db.setValue(key, value)
@@ -109,4 +125,7 @@ class OptionsScope:
         db = PETSc.Options()
         for key in self._added:
             db.delValue(key)
+        for key, value in self._replaced.items():
+            db.setValue(key, value)
         self._added.clear()
+        self._replaced.clear()

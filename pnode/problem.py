@@ -41,19 +41,34 @@ class CallbackErrors:
         return error
 
 
-def _guarded(method):
-    """Record any exception a callback raises before PETSc turns it into error 101."""
+def _guarded(output: int | None = None):
+    """Record any exception a callback raises before PETSc turns it into error 101.
 
-    def wrapper(self, *args):
-        try:
-            return method(self, *args)
-        except BaseException as error:  # noqa: BLE001 - re-raised by the solver as itself
-            self.errors.record(error)
-            raise
+    In poison mode (distributed solves) the callback does not raise: it records the exception and fills
+    its output Vec (argument ``output``) with NaN, so PETSc's global norms stop every rank together
+    instead of leaving the others waiting in a collective; once a rank has failed, later calls on it
+    only write NaN (the user's function is not called again on garbage).
+    """
 
-    wrapper.__name__ = method.__name__
-    wrapper.__doc__ = method.__doc__
-    return wrapper
+    def decorate(method):
+        def wrapper(self, *args):
+            if self.poison and output is not None and self.errors.error is not None:
+                args[output].set(math.nan)
+                return None
+            try:
+                return method(self, *args)
+            except BaseException as error:  # noqa: BLE001 - re-raised by the solver as itself
+                self.errors.record(error)
+                if not self.poison or output is None:
+                    raise
+                args[output].set(math.nan)
+                return None
+
+        wrapper.__name__ = method.__name__
+        wrapper.__doc__ = method.__doc__
+        return wrapper
+
+    return decorate
 
 
 class VectorField:
@@ -216,6 +231,7 @@ class RHSProblem:
     def __init__(self, field: VectorField, n_local: int, n_params: int, comm, errors: CallbackErrors):
         self.field = field
         self.errors = errors
+        self.poison = comm.getSize() > 1   # see _guarded
         self.n_params = n_params
         self._param_slices = param_slices(field.params)
         self._point: tuple[float, PETSc.Vec] | None = None
@@ -233,17 +249,17 @@ class RHSProblem:
             self.Jp.setUp()
 
     # --- forward -------------------------------------------------------------------------------
-    @_guarded
+    @_guarded(output=3)
     def rhs(self, ts, t, X, F):
         self.field.evaluate_into(t, X.getArray(readonly=True), F.getArray())
         F.stateIncrease()  # written through a view: PETSc's cached norms must not survive
 
     # --- adjoint -------------------------------------------------------------------------------
-    @_guarded
+    @_guarded()
     def rhs_jacobian(self, ts, t, X, J, P):
         self._point = (t, X)
 
-    @_guarded
+    @_guarded()
     def rhs_jacobian_p(self, ts, t, X, Jp):
         self._point_p = (t, X)
 
@@ -251,14 +267,14 @@ class RHSProblem:
     def _key(t: float, X, lam) -> tuple:
         return (t, X.handle, X.stateGet(), lam.handle, lam.stateGet())
 
-    @_guarded
+    @_guarded(output=1)
     def state_vjp(self, lam, out):
         t, X = self._point
         params = self.field.vjp(t, X.getArray(readonly=True), lam.getArray(readonly=True), out.getArray())
         out.stateIncrease()
         self._cached_param_vjp = (self._key(t, X, lam), params) if self.n_params else None
 
-    @_guarded
+    @_guarded(output=1)
     def param_vjp(self, lam, out):
         t, X = self._point_p
         cached = self._cached_param_vjp

@@ -19,6 +19,10 @@ class SolveStats:
     newton_iterations / krylov_iterations: nonlinear and linear iterations of the forward solve.
     nonlinear_solve_failures: Newton solves that failed (the step was then retried with a smaller step).
     forward_time / backward_time: wall-clock seconds.
+    checkpoints_ram / checkpoints_disk: states the checkpointing schedule wrote (options["checkpoints"]).
+    recomputed_steps: forward steps re-run to serve the adjoint (checkpointing, or a replayed trajectory).
+    peak_stored_states: most solution states held at once for the adjoint (checkpoints plus the steps in
+        PETSc's trajectory; without checkpointing, every step).
     method / ts_type: what PETSc actually ran (command-line options may override the Python choice).
     """
 
@@ -36,6 +40,10 @@ class SolveStats:
     nonlinear_solve_failures: int = 0
     forward_time: float = 0.0
     backward_time: float = 0.0
+    checkpoints_ram: int = 0
+    checkpoints_disk: int = 0
+    recomputed_steps: int = 0
+    peak_stored_states: int = 0
 
     def reset_forward(self, method: str, ts_type: str) -> None:
         for f in fields(self):

@@ -54,9 +54,14 @@ have "import numpy" || pip_install numpy
 # 5. PETSc + petsc4py.
 if ! have "import petsc4py; petsc4py.init([]); from petsc4py import PETSc"; then
     if [ -n "${PETSC_DIR:-}" ]; then
-        step "building petsc4py against PETSC_DIR=$PETSC_DIR PETSC_ARCH=${PETSC_ARCH:-}"
-        pip_install --no-build-isolation cython setuptools
-        pip_install --no-build-isolation "petsc4py"
+        # petsc4py must match that PETSc's major.minor version
+        header="$PETSC_DIR/include/petscversion.h"
+        [ -f "$header" ] || { echo "[bootstrap] PETSC_DIR=$PETSC_DIR has no include/petscversion.h" >&2; exit 1; }
+        major=$(awk '/#define PETSC_VERSION_MAJOR/ {print $3}' "$header")
+        minor=$(awk '/#define PETSC_VERSION_MINOR/ {print $3}' "$header")
+        step "building petsc4py $major.$minor against PETSC_DIR=$PETSC_DIR PETSC_ARCH=${PETSC_ARCH:-}"
+        pip_install cython setuptools wheel
+        pip_install --no-build-isolation "petsc4py==$major.$minor.*"
     else
         # PETSc first, on its own: petsc4py's isolated build environment then takes PETSc's wheel from
         # pip's cache instead of compiling PETSc a second time.

@@ -1,0 +1,86 @@
+"""Worker for tests/test_distributed.py: solve one global batch sharded over however many ranks run this
+script, and write (on rank 0) the step counts, gathered outputs and gradients to ``sys.argv[1]`` (.npz).
+
+The global batch, the model and the loss weights are built from fixed seeds on every rank, so the
+1-rank run is the oracle for the P-rank runs.  Run: mpiexec -n P python rank_invariance.py out.npz
+"""
+
+import sys
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+import pnode
+from pnode.distributed import allreduce_gradients, shard
+
+torch.set_default_dtype(torch.float64)
+BATCH, DIM, WIDTH = 7, 3, 16          # 7 samples: uneven shards on 2 (4+3) and 3 (3+2+2) ranks
+CASES = {
+    "rk4_fixed": dict(method="rk4", options={"step_size": 0.05}),
+    "dopri5_adaptive": dict(method="dopri5", rtol=1e-6, atol=1e-8),
+    "bosh3_adaptive_backward_time": dict(method="bosh3", rtol=1e-5, atol=1e-7, reverse=True),
+    # pnode-owned checkpointing: 3 states in RAM, the rest recomputed segment by segment
+    "rk4_fixed_checkpointed": dict(method="rk4", options={"step_size": 0.05, "checkpoints": 3}),
+    "dopri5_adaptive_checkpointed": dict(method="dopri5", rtol=1e-6, atol=1e-8, options={"checkpoints": 3}),
+}
+
+
+class Field(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter(torch.randn(DIM + 1, WIDTH, generator=g) * 0.5)
+        self.b1 = torch.nn.Parameter(torch.randn(WIDTH, generator=g) * 0.1)
+        self.w2 = torch.nn.Parameter(torch.randn(WIDTH, DIM, generator=g) * 0.5)
+
+    def forward(self, t, y):
+        ty = torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1)
+        return torch.tanh(ty @ self.w1 + self.b1) @ self.w2
+
+
+def run_case(comm, name, method, rtol=1e-7, atol=1e-9, options=None, reverse=False):
+    g = torch.Generator().manual_seed(1)
+    y0_global = torch.randn(BATCH, DIM, generator=g)
+    weights_global = torch.rand(5, BATCH, DIM, generator=g) + 0.5    # positive: no cancelling sums
+    t = torch.linspace(0.0, 1.5, 5)
+    if reverse:
+        t = t.flip(0)
+    t.requires_grad_()
+    y0 = shard(y0_global, comm).clone().requires_grad_()
+    weights = shard(weights_global, comm, dim=1)
+    field = Field()
+    solver = pnode.ODESolver(field, method=method, rtol=rtol, atol=atol, options=options, comm=comm)
+    ys = solver(y0, t)
+    head = torch.tensor(1.5, requires_grad=True)              # a parameter used outside the solve
+    loss = head * (weights * ys).sum() + (ys ** 2).sum() * 0.1   # this rank's part of the global loss
+    loss.backward()
+    allreduce_gradients([head], comm)                          # pnode reduces only the field's own
+    out = {
+        "steps": np.array([solver.stats.steps, solver.stats.rejected_steps]),
+        "step_times": solver.step_times.numpy(),
+        "loss": np.array(comm.allreduce(loss.item())),
+        "ys": np.concatenate(comm.allgather(ys.detach().numpy()), axis=1),
+        "grad_y0": np.concatenate(comm.allgather(y0.grad.numpy()), axis=0),
+        "grad_t": t.grad.numpy(),
+        "grad_params": np.concatenate([p.grad.reshape(-1).numpy() for p in field.parameters()]),
+        "grad_outside_param": head.grad.reshape(1).numpy(),
+    }
+    # every rank must hold the same parameter gradient (the sum over all ranks' losses)
+    spread = comm.allreduce(float(np.abs(out["grad_params"] - comm.bcast(out["grad_params"])).max()), op=MPI.MAX)
+    out["param_grad_spread_across_ranks"] = np.array(spread)
+    solver.close()
+    return {f"{name}/{k}": v for k, v in out.items()}
+
+
+def main(path):
+    comm = MPI.COMM_WORLD
+    results = {"size": np.array(comm.Get_size())}
+    for name, case in CASES.items():
+        results.update(run_case(comm, name, **case))
+    if comm.Get_rank() == 0:
+        np.savez(path, **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
