@@ -72,6 +72,7 @@ class ImplicitProblem:
         self.errors = errors
         self.n_params = n_params
         self.options = options
+        self.poison = comm.getSize() > 1   # see problem._guarded
         split = method.imex and is_split(field.func)
         self.implicit_field = field.part(field.func.f_implicit) if split else field
         self.explicit = (RHSProblem(field.part(field.func.f_explicit), n_local, n_params, comm, errors)
@@ -117,23 +118,23 @@ class ImplicitProblem:
             self.explicit.destroy()
 
     # --- forward -------------------------------------------------------------------------------
-    @_guarded
+    @_guarded(output=4)
     def ifunction(self, ts, t, X, Xdot, F):
         out = F.getArray()
         self.implicit_field.evaluate_into(t, X.getArray(readonly=True), out)
         np.subtract(Xdot.getArray(readonly=True), out, out=out)
         F.stateIncrease()
 
-    @_guarded
+    @_guarded()
     def ijacobian(self, ts, t, X, Xdot, shift, A, P):
         self.strategy.update(t, X.getArray(readonly=True), shift)
 
     # --- adjoint -------------------------------------------------------------------------------
-    @_guarded
+    @_guarded()
     def ijacobian_p(self, ts, t, X, Xdot, shift, Jp):
         self._point_p = (t, torch.from_numpy(X.getArray(readonly=True)).clone())
 
-    @_guarded
+    @_guarded(output=1)
     def param_vjp(self, lam, out):
         t, x = self._point_p
         grads = self.implicit_field.vjp(t, x.numpy(), lam.getArray(readonly=True), None)

@@ -38,10 +38,12 @@ def test_every_method_solves_exponential_decay(name):
                                  options=None if method.adaptive else {"step_size": 0.01})
         ys = solver(y0, t)
     err = (ys[-1] - torch.exp(torch.tensor(-1.0))).abs().max().item()
-    # PETSc's BDF controls the local error of its order-2 predictor: ~6e-8 global error at rtol 1e-10
-    bound = (1e-7 if method.ts_type == "bdf" else 1e-8) if method.adaptive else 2 * 0.01**method.order
+    # low-order adaptive implicit methods (BDF2, ESDIRK 1(2) and 2(1)) control a local error estimate, and
+    # their global error at rtol 1e-10 is ~1e-6 (their step is ~rtol^(1/(p+1)))
+    low_order = method.implicit and method.order < 3
+    bound = (1e-5 if low_order else 1e-8) if method.adaptive else 2 * 0.01**method.order
     assert err < bound, (name, err)
-    assert solver.stats.method in (name, "rk" + method.tableau)
+    assert solver.stats.method in (name, f"rk{method.tableau}")
 
 
 @pytest.mark.parametrize("tableau", sorted(TABLEAUX))
