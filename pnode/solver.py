@@ -10,7 +10,6 @@ backward) replays exactly the same steps before running the adjoint.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,6 @@ from .errors import (
     MaxStepsError,
     NonFiniteError,
     PetscConfigurationError,
-    PnodeError,
     RemoteRankError,
     SolverError,
 )
@@ -531,8 +529,4 @@ class TSDriver:
         runner.run_reverse(grad_outputs)
 
 
-def describe(mapping: Mapping) -> str:
-    return ", ".join(f"{k}={v}" for k, v in mapping.items())
-
-
-__all__ = ["TSDriver", "ForwardRecord", "PnodeError"]
+__all__ = ["TSDriver", "ForwardRecord"]
