@@ -6,12 +6,13 @@ MPIEXEC ?= mpiexec
 NP     ?= 2
 DEMO_ITERS ?= 400
 
-.PHONY: setup test demo demo-serial lint bench clean help
+.PHONY: setup test demo demo-serial demo-robertson lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
 	@echo "make demo   - set up (if needed) and train the spiral neural ODE on $(NP) MPI ranks, writing $(OUT)/*.png"
 	@echo "make demo-serial - the same model trained by examples/spiral.py in one process"
+	@echo "make demo-robertson - train a neural ODE on stiff Robertson kinetics (arkimex4 vs dopri5), writing $(OUT)/robertson.png"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run benchmarks/ (tables written to benchmarks/results/)"
 
@@ -28,6 +29,9 @@ demo: setup
 
 demo-serial: setup
 	$(PY) examples/spiral.py --out $(OUT)
+
+demo-robertson: setup
+	$(PY) examples/robertson.py --out $(OUT)
 
 lint: setup
 	$(PY) -m ruff check pnode tests examples benchmarks

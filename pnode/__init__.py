@@ -14,13 +14,14 @@ from .errors import (
                      SolverError,
                      UnknownMethodError,
 )
+from .implicit import IMEXField
 from .methods import METHODS, available_methods, method_table
 from .stats import SolveStats
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "odeint", "odeint_adjoint", "ODESolver", "SolveStats", "last_stats", "METHODS", "available_methods",
+    "odeint", "odeint_adjoint", "ODESolver", "IMEXField", "SolveStats", "last_stats", "METHODS", "available_methods",
     "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError", "ShapeMismatchError",
     "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError", "MaxStepsError",
     "BackwardError", "RemoteRankError",

@@ -1,5 +1,10 @@
 """The method table: every integrator name pnode accepts, and what PETSc TS type runs it.
 
+Explicit Runge-Kutta methods run in PETSc's RHS form (``form="rhs"``); implicit ones (theta family,
+ARKIMEX, DIRK, BDF, Rosenbrock-W) in the IFunction form (``form="implicit"``).  ARKIMEX rows are also
+IMEX-capable (``imex=True``): given a :class:`pnode.IMEXField`, the stiff part is implicit and the rest
+explicit.
+
 One table, no ``if`` ladders: a method is a row, looked up by name.  torchdiffeq's names map onto the
 PETSc tableau that implements the same scheme; every PETSc Runge-Kutta tableau is also available as
 ``"rk" + <PETSc TSRKType>`` (``rk1fe``, ``rk2a``, ..., ``rk8vr``), so ``-ts_rk_type 5bs`` on the command
@@ -8,7 +13,7 @@ line and ``method="rk5bs"`` in Python name the same scheme.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import AdjointNotAvailableError, UnknownMethodError
 
@@ -27,6 +32,8 @@ class Method:
         ``step_size`` is given.  Methods without one step on a fixed grid.
     implicit: stages need nonlinear solves.
     adjoint: PETSc implements the discrete adjoint (TSAdjoint) for it.
+    form: which PETSc callback form runs it: ``"rhs"`` (explicit) or ``"implicit"`` (IFunction form).
+    imex: the TS type can split f into an implicit and an explicit part (ARKIMEX).
     description: one line for listings and error messages.
     """
 
@@ -38,6 +45,8 @@ class Method:
     implicit: bool = False
     adjoint: bool = True
     description: str = ""
+    form: str = "rhs"
+    imex: bool = False
 
 
 def _rk(name: str, tableau: str, order: int, adaptive: bool, description: str) -> Method:
@@ -72,8 +81,51 @@ _TORCHDIFFEQ = [
     _rk("dopri5", "5dp", 5, True, "Dormand-Prince 5(4) (= rk5dp)"),
 ]
 
+
+def _implicit(name: str, ts_type: str, tableau: str | None, order: int, adaptive: bool, description: str,
+              adjoint: bool = True) -> Method:
+    return Method(name, ts_type, tableau, order, adaptive, implicit=True, adjoint=adjoint,
+                  description=description, form="implicit", imex=ts_type == "arkimex")
+
+
+# Implicit methods with a PETSc discrete adjoint: the theta family (fixed steps) and the L-stable ARKIMEX
+# and DIRK tableaux (adaptive: all have an embedded estimate).  bdf and rosw integrate forward only.
+_PETSC_IMPLICIT = [
+    _implicit("beuler", "beuler", None, 1, False, "backward Euler (L-stable)"),
+    _implicit("cn", "cn", None, 2, False, "Crank-Nicolson (trapezoid, A-stable)"),
+    _implicit("theta", "theta", None, 2, False,
+              "theta method, midpoint form; theta = options['theta'] (default 0.5; order 1 unless 0.5)"),
+    _implicit("arkimexl2", "arkimex", "l2", 2, True, "ARKIMEX L-stable 2(1), IMEX-capable"),
+    _implicit("arkimex3", "arkimex", "3", 3, True, "ARKIMEX Kennedy-Carpenter 3(2), L-stable, IMEX-capable"),
+    _implicit("arkimex4", "arkimex", "4", 4, True, "ARKIMEX Kennedy-Carpenter 4(3), L-stable, IMEX-capable"),
+    _implicit("arkimex5", "arkimex", "5", 5, True, "ARKIMEX Kennedy-Carpenter 5(4), L-stable, IMEX-capable"),
+    _implicit("dirks212", "dirk", "s212", 2, True, "SDIRK 2(1), two stages, L-stable"),
+    _implicit("dirkes122sal", "dirk", "es122sal", 1, True, "ESDIRK 1(2), stiffly accurate, L-stable"),
+    _implicit("dirkes213sal", "dirk", "es213sal", 2, True, "ESDIRK 2(1), stiffly accurate, L-stable"),
+    _implicit("dirkes324sal", "dirk", "es324sal", 3, True, "ESDIRK 3(2), four stages, stiffly accurate, L-stable"),
+    _implicit("dirkes325sal", "dirk", "es325sal", 3, True, "ESDIRK 3(2), five stages, stiffly accurate, L-stable"),
+    _implicit("bdf", "bdf", None, 2, True, "BDF (order 2 by default; -ts_bdf_order); forward only, no adjoint",
+              adjoint=False),
+    _implicit("rosw", "rosw", None, 3, True, "Rosenbrock-W (PETSc default tableau); forward only, no adjoint",
+              adjoint=False),
+]
+# short names for the default tableau of each family
+_ALIASES = [
+    replace(row, name=alias, description=f"{row.description} (= {row.name})")
+    for alias, row in (("arkimex", _PETSC_IMPLICIT[4]), ("dirk", _PETSC_IMPLICIT[10]))
+]
+
+# how each TS type's tableau is set and read back (types without tableaux are absent)
+TABLEAU_ACCESS = {
+    "rk": ("setRKType", "getRKType"),
+    "arkimex": ("setARKIMEXType", "getARKIMEXType"),
+    "dirk": ("setDIRKType", "getDIRKType"),
+}
+
 METHODS: dict[str, Method] = {m.name: m for m in _PETSC_RK}
 METHODS.update({m.name: m for m in _TORCHDIFFEQ})
+METHODS.update({m.name: m for m in _PETSC_IMPLICIT})
+METHODS.update({m.name: m for m in _ALIASES})
 
 DEFAULT_METHOD = "dopri5"
 
@@ -85,7 +137,7 @@ def available_methods() -> list[str]:
 
 def method_table() -> str:
     """A human-readable listing of the method table (used in docs and error messages)."""
-    rows = [f"  {m.name:<9} {m.ts_type}/{m.tableau or '-':<4} order {m.order}"
+    rows = [f"  {m.name:<13} {m.ts_type + '/' + (m.tableau or '-'):<17} order {m.order}"
             f"{'  adaptive' if m.adaptive else '  fixed   '}  {m.description}"
             for m in sorted(METHODS.values(), key=lambda m: m.name)]
     return "\n".join(rows)
@@ -102,12 +154,25 @@ def get_method(name: str) -> Method:
     return METHODS[key]
 
 
-def by_petsc_type(ts_type: str, tableau: str | None) -> Method | None:
-    """The row PETSc is actually running (after command-line options), preferring PETSc's own naming."""
-    for m in _PETSC_RK:
-        if m.ts_type == ts_type and m.tableau == tableau:
+def by_petsc_type(ts_type: str, tableau: str | None, form: str = "rhs") -> Method | None:
+    """The row PETSc is actually running (after command-line options), preferring PETSc's own naming;
+    only rows of the given callback ``form`` qualify (a TS needs the callbacks it was built with)."""
+    for m in _PETSC_RK + _PETSC_IMPLICIT:
+        if m.ts_type == ts_type and m.tableau == tableau and m.form == form:
             return m
     return None
+
+
+def set_tableau(ts, method: Method) -> None:
+    """Give ``ts`` the method's tableau (types without one have nothing to set)."""
+    if method.tableau is not None:
+        getattr(ts, TABLEAU_ACCESS[method.ts_type][0])(method.tableau)
+
+
+def running_tableau(ts) -> str | None:
+    """The tableau ``ts`` runs now (after options), or ``None`` for types without tableaux."""
+    access = TABLEAU_ACCESS.get(ts.getType())
+    return getattr(ts, access[1])() if access else None
 
 
 def require_adjoint(method: Method) -> None:

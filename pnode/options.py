@@ -17,7 +17,12 @@ _DOC = {
     "petsc": "dict of raw PETSc options, e.g. {'ts_adapt_type': 'dsp', 'ts_monitor': None}",
     "checkpoints": "bound the adjoint's memory: K (states in RAM), {'ram': K, 'disk': M}, or a factory "
                    "n_steps -> checkpoint_schedules schedule (default: keep every step in memory)",
+    "jacobian": "implicit methods: 'matrix_free' (JVP/VJP shells, GMRES), 'batched' (leading dim of y0 = "
+                "independent samples: per-sample blocks, exact batched LU) or 'dense'; default: dense up to "
+                "64 unknowns, matrix_free above",
+    "theta": "theta of method='theta' (default 0.5)",
 }
+_JACOBIANS = ("matrix_free", "batched", "dense")
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,8 @@ class SolveOptions:
     max_num_steps: int = 1_000_000
     petsc: dict[str, str] = field(default_factory=dict)
     checkpoints: object = None
+    jacobian: str | None = None
+    theta: float | None = None
 
     @classmethod
     def parse(cls, options: Mapping | None) -> SolveOptions:
@@ -43,9 +50,18 @@ class SolveOptions:
         max_steps = options.get("max_num_steps", cls.max_num_steps)
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise InvalidArgumentError(f"options['max_num_steps'] must be a positive int, got {max_steps!r}")
+        jacobian = options.get("jacobian")
+        if jacobian is not None and jacobian not in _JACOBIANS:
+            raise InvalidArgumentError(f"options['jacobian'] must be one of {', '.join(map(repr, _JACOBIANS))} "
+                                       f"or None (default), got {jacobian!r}")
+        theta = _positive(options, "theta")
+        if theta is not None and theta > 1:
+            raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
+
         checkpoints = options.get("checkpoints")
         CheckpointPolicy.parse(checkpoints)   # validate now, where the error points at the call
-        return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints)
+        return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
+                   jacobian, theta)
 
 
 def _positive(options: Mapping, key: str) -> float | None:

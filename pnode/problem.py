@@ -124,6 +124,80 @@ class VectorField:
             grads = grads[len(inputs):]
         return grads
 
+    # --- implicit methods: Jacobian-vector products and Jacobian blocks (torch.func) ----------
+    def flat_function(self, tau: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        """z -> g(tau, z) on flat float64 tensors (differentiable with torch.func)."""
+        layout, t, sign = self.layout, self.time(tau), self.sign
+
+        def flat(z: torch.Tensor) -> torch.Tensor:
+            parts = [z[..., lo:hi].reshape(*z.shape[:-1], *shape).to(layout.dtype)
+                     for lo, hi, shape in layout.slices]
+            out = layout.check_output(self.func(t, layout.pack(parts)))
+            return torch.cat([o.reshape(*z.shape[:-1], -1) for o in out], dim=-1).to(torch.float64) * sign
+        return flat
+
+    def jvp(self, tau: float, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """J v with J = dg/dy at (tau, x), forward-mode (torch.func.jvp); flat float64 in and out."""
+        self.stats.jvp_evals += 1
+        with torch.no_grad():
+            return torch.func.jvp(self.flat_function(tau), (x,), (v,))[1]
+
+    def state_vjp(self, tau: float, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """J^T c at (tau, x) (no parameter part); flat float64 in and out."""
+        self.stats.vjp_evals += 1
+        with torch.no_grad():
+            return torch.func.vjp(self.flat_function(tau), x)[1](c)[0]
+
+    def jacobian_blocks(self, tau: float, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """Blocks ``(n_blocks, d, d)`` of dg/dy at (tau, x) when the state's leading dimension holds
+        ``n_blocks`` independent samples: ``vmap(jacrev)`` over the samples, each sample seen by ``func``
+        as a batch of one.  ``n_blocks == 1`` gives the dense Jacobian, row by row."""
+        self.stats.jacobian_assemblies += 1
+        flat = self.flat_function(tau)
+        if n_blocks == 1:
+            # one reverse pass per row on one graph: measured ~10x faster than torch.func.jacrev here
+            with torch.enable_grad():
+                z = x.detach().clone().requires_grad_()
+                out = flat(z)
+                rows = []
+                for i, e in enumerate(torch.eye(len(x), dtype=torch.float64)):
+                    (row,) = torch.autograd.grad(out, z, e, retain_graph=i < len(x) - 1, allow_unused=True)
+                    rows.append(torch.zeros_like(x) if row is None else row)
+            return torch.stack(rows).unsqueeze(0)
+        with torch.no_grad():
+            layout = self.layout
+            (shape,) = layout.shapes
+            sample = shape[1:]
+
+            def one(z: torch.Tensor) -> torch.Tensor:
+                out = self.func(self.time(tau), z.reshape(1, *sample).to(layout.dtype))
+                return out.reshape(-1).to(torch.float64) * self.sign
+            return torch.func.vmap(torch.func.jacrev(one))(x.reshape(n_blocks, -1))
+
+    def part(self, func: Callable) -> VectorField:
+        """A field evaluating ``func`` that follows this field's time direction and parameters (the
+        implicit or explicit half of an IMEX split)."""
+        return _PartField(func, self)
+
+
+class _PartField(VectorField):
+    """One term of a split vector field; ``sign`` and ``params`` are read from the whole field."""
+
+    def __init__(self, func: Callable, whole: VectorField):
+        self.func = func
+        self.whole = whole
+        self.layout = whole.layout
+        self.time_dtype = whole.time_dtype
+        self.stats = whole.stats
+
+    @property
+    def sign(self) -> float:
+        return self.whole.sign
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return self.whole.params
+
 
 class _StateVJP:
     """Python context of the shell Mat ``J = dg/dy``: ``multTranspose`` is a VJP."""
@@ -159,8 +233,7 @@ class RHSProblem:
         self.errors = errors
         self.poison = comm.getSize() > 1   # see _guarded
         self.n_params = n_params
-        offsets = np.cumsum([0] + [p.numel() for p in field.params])
-        self._param_slices = list(zip(offsets[:-1], offsets[1:]))
+        self._param_slices = param_slices(field.params)
         self._point: tuple[float, PETSc.Vec] | None = None
         self._cached_param_vjp: tuple[tuple, list] | None = None
         n_global = comm.tompi4py().allreduce(n_local) if comm.getSize() > 1 else n_local
@@ -211,13 +284,41 @@ class RHSProblem:
             self.field.stats.vjp_fallbacks += 1
             params = self.field.vjp(t, X.getArray(readonly=True), lam.getArray(readonly=True), None)
         self._cached_param_vjp = None
-        target = out.getArray()
-        for (lo, hi), g in zip(self._param_slices, params):
-            if g is None:
-                target[lo:hi] = 0.0
-            else:
-                copy_into(target[lo:hi], g)
-        out.stateIncrease()
+        write_param_grads(out, self._param_slices, params)
+
+    # --- wiring --------------------------------------------------------------------------------
+    option_defaults: dict[str, str] = {}
+
+    def install(self, ts) -> None:
+        """Give ``ts`` this problem's RHS-form callbacks."""
+        if getattr(self, "_work", None) is None:
+            self._work = self.J.createVecRight()
+        ts.setRHSFunction(self.rhs, self._work)
+        ts.setRHSJacobian(self.rhs_jacobian, self.J, self.J)
+        if self.Jp is not None:
+            ts.setRHSJacobianP(self.rhs_jacobian_p, self.Jp)
+
+    def destroy(self) -> None:
+        for obj in (self.J, self.Jp, getattr(self, "_work", None)):
+            if obj is not None:
+                obj.destroy()
+
+
+def param_slices(params: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    offsets = np.cumsum([0] + [p.numel() for p in params])
+    return list(zip(offsets[:-1], offsets[1:]))
+
+
+def write_param_grads(out, slices: Sequence[tuple[int, int]], grads: Sequence[torch.Tensor | None],
+                      scale: float = 1.0) -> None:
+    """Write per-parameter gradients (``None`` = independent: zeros) into the parameter Vec ``out``."""
+    target = out.getArray()
+    for (lo, hi), g in zip(slices, grads):
+        if g is None:
+            target[lo:hi] = 0.0
+        else:
+            copy_into(target[lo:hi], g, scale)
+    out.stateIncrease()
 
 
 def flat_param_size(params: Sequence[torch.Tensor]) -> int:

@@ -27,7 +27,8 @@ from .errors import (
     RemoteRankError,
     SolverError,
 )
-from .methods import Method, by_petsc_type
+from .implicit import ImplicitProblem
+from .methods import Method, by_petsc_type, running_tableau, set_tableau
 from .options import OptionsScope, SolveOptions
 from .problem import CallbackErrors, RHSProblem, VectorField
 from .stats import SolveStats
@@ -41,6 +42,15 @@ _FIX_HINT = {
                               "a method suited to the problem (stiff systems need implicit methods)",
     "DIVERGED_NONLINEAR_SOLVE": "Newton diverged: try a smaller step or a better preconditioner",
 }
+_SNES_REASONS = {v: k for k, v in vars(PETSc.SNES.ConvergedReason).items() if not k.startswith("_")}
+
+
+def _make_problem(field: VectorField, method: Method, n_local: int, n_params: int, comm, errors: CallbackErrors,
+                  options: SolveOptions):
+    """The callback object the method row's ``form`` asks for."""
+    if method.form == "implicit":
+        return ImplicitProblem(field, method, n_local, n_params, comm, errors, options)
+    return RHSProblem(field, n_local, n_params, comm, errors)
 
 
 @dataclass
@@ -71,7 +81,7 @@ class TSDriver:
         self.stats = stats
         self.errors = CallbackErrors()
         self.n_params = sum(p.numel() for p in field.params)
-        self.problem = RHSProblem(field, n_local, self.n_params, comm, self.errors)
+        self.problem = _make_problem(field, method, n_local, self.n_params, comm, self.errors, options)
         self.n_local = n_local
         self.checkpoints = CheckpointPolicy.parse(options.checkpoints)
         self._capturing = True
@@ -86,14 +96,9 @@ class TSDriver:
         ts = PETSc.TS().create(self.comm)
         ts.setProblemType(PETSc.TS.ProblemType.NONLINEAR)
         ts.setType(self.method.ts_type)
-        if self.method.tableau:
-            ts.setRKType(self.method.tableau)
+        set_tableau(ts, self.method)
         self.sol = self.problem.J.createVecRight()
-        self.work = self.sol.duplicate()
-        ts.setRHSFunction(self.problem.rhs, self.work)
-        ts.setRHSJacobian(self.problem.rhs_jacobian, self.problem.J, self.problem.J)
-        if self.problem.Jp is not None:
-            ts.setRHSJacobianP(self.problem.rhs_jacobian_p, self.problem.Jp)
+        self.problem.install(ts)
         ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
         ts.setTolerances(rtol=self.rtol, atol=self.atol)
         ts.setMaxSteps(self.options.max_num_steps)
@@ -101,19 +106,22 @@ class TSDriver:
         fixed = self.options.step_size is not None or not self.method.adaptive
         # petsc4py has no TSAdapt object: the adaptor is chosen through the options database, where a
         # command-line -ts_adapt_type still wins
-        self._defaults = {"ts_adapt_type": "none" if fixed else "basic", "ts_trajectory_type": "memory"}
+        self._defaults = {"ts_adapt_type": "none" if fixed else "basic", "ts_trajectory_type": "memory",
+                          **self.problem.option_defaults}
         ts.setPreStep(self._pre_step)
         ts.setPostStep(self._post_step)
         self.ts = ts
         self._set_from_options()
-        running = (ts.getType(), ts.getRKType() if ts.getType() == "rk" else None)
+        running = (ts.getType(), running_tableau(ts))
         same = running == (self.method.ts_type, self.method.tableau)
-        actual = self.method if same else by_petsc_type(*running)
+        actual = self.method if same else by_petsc_type(*running, form=self.method.form)
         if actual is None:
             ts.destroy()
+            other = "an explicit" if self.method.form == "implicit" else "an implicit"
             raise InvalidArgumentError(
-                f"PETSc TS type {ts.getType()!r} (from the options database) is not supported for explicit "
-                "vector fields yet; use -ts_type rk with any -ts_rk_type")
+                f"PETSc TS type {ts.getType()!r} (from the options database) cannot run method "
+                f"{self.method.name!r}'s callbacks: pick {other} method with method=... instead of overriding "
+                "-ts_type across the explicit/implicit divide")
         self.running = actual
         if self.adaptive and not actual.adaptive:
             ts.destroy()
@@ -142,9 +150,10 @@ class TSDriver:
             self.option_step = dt if dt > 0 else None
 
     def destroy(self) -> None:
-        for obj in (self.ts, self.sol, self.work, self.problem.J, self.problem.Jp):
+        for obj in (self.ts, self.sol):
             if obj is not None:
                 obj.destroy()
+        self.problem.destroy()
 
     # ------------------------------------------------------------------ step control callbacks
     def _pre_step(self, ts) -> None:
@@ -258,7 +267,8 @@ class TSDriver:
             self._trajectory_token = self._token if keep else None
             self.stats.peak_stored_states = len(self._step_times) if keep else 0
         self.stats.steps += len(self._step_times) - 1
-        self.stats.rejected_steps += ts.getStepRejections() if len(taus) > 1 and runner is None else 0
+        if len(taus) > 1 and runner is None:
+            self._count_iterations()
         return ForwardRecord(self._token, np.asarray(self._step_times), list(self._output_steps), y0.clone(),
                              runner)
 
@@ -293,6 +303,14 @@ class TSDriver:
             self._raise_stopped(float(plan[n1]))
         self._trajectory_token = self._token if keep_trajectory else None
         return self.sol.getArray(readonly=True).copy()
+
+    def _count_iterations(self) -> None:
+        ts, stats = self.ts, self.stats
+        stats.rejected_steps += ts.getStepRejections()
+        if self.method.implicit:
+            stats.newton_iterations += ts.getSNESIterations()
+            stats.krylov_iterations += ts.getKSPIterations()
+            stats.nonlinear_solve_failures += ts.getSNESFailures()
 
     def _first_step(self, y0: torch.Tensor, taus: np.ndarray) -> float:
         """Initial step: the user's ``first_step``, else Hairer & Wanner's heuristic (II.4), as
@@ -378,6 +396,11 @@ class TSDriver:
                 f"t={self.field.sign * target:.6g}; raise options['max_num_steps'] (now "
                 f"{self.options.max_num_steps}) or loosen rtol/atol", reason="CONVERGED_ITS", time=t)
         hint = _FIX_HINT.get(name, "see PETSc's -ts_monitor and -ts_adapt_monitor output")
+        if self.method.implicit:
+            self._count_iterations()   # the statistics of a failed solve help diagnose it
+            snes = _SNES_REASONS.get(self.ts.getSNES().getConvergedReason(), "")
+            hint += f" (last Newton solve: {snes}, step size {self.ts.getTimeStep():.3g})"
+            self._rebuild()   # a failed implicit solve leaves adaptor/SNES state that poisons the next one
         raise SolverError(f"PETSc TS stopped with reason {name} at t={t:.6g}: {hint}", reason=name, time=t)
 
     def _run(self, call, *args, what: str = "the solve") -> None:

@@ -13,7 +13,11 @@ class SolveStats:
     rhs_evals: evaluations of the vector field (forward, plus re-solves and dL/dt evaluations).
     vjp_evals: autograd passes giving the state and parameter VJPs together (one per stage per step).
     vjp_fallbacks: parameter VJPs that could not reuse the fused pass (should stay 0; see problem.py).
-    jvp_evals: Jacobian-vector products (implicit methods).
+    jvp_evals: Jacobian-vector products (implicit methods, matrix-free Newton-Krylov).
+    jacobian_assemblies: Jacobian evaluations (dense or per-sample blocks; each Newton iteration of the
+        assembled strategies, and each stage of the adjoint).
+    newton_iterations / krylov_iterations: nonlinear and linear iterations of the forward solve.
+    nonlinear_solve_failures: Newton solves that failed (the step was then retried with a smaller step).
     forward_time / backward_time: wall-clock seconds.
     checkpoints_ram / checkpoints_disk: states the checkpointing schedule wrote (options["checkpoints"]).
     recomputed_steps: forward steps re-run to serve the adjoint (checkpointing, or a replayed trajectory).
@@ -30,6 +34,10 @@ class SolveStats:
     vjp_evals: int = 0
     vjp_fallbacks: int = 0
     jvp_evals: int = 0
+    jacobian_assemblies: int = 0
+    newton_iterations: int = 0
+    krylov_iterations: int = 0
+    nonlinear_solve_failures: int = 0
     forward_time: float = 0.0
     backward_time: float = 0.0
     checkpoints_ram: int = 0
@@ -46,6 +54,9 @@ class SolveStats:
         return asdict(self)
 
     def __str__(self) -> str:
+        implicit = (f", {self.newton_iterations} Newton / {self.krylov_iterations} Krylov its, "
+                    f"{self.jacobian_assemblies} Jacobians, {self.jvp_evals} JVPs"
+                    if self.newton_iterations else "")
         return (f"{self.method} ({self.ts_type}): {self.steps} steps ({self.rejected_steps} rejected), "
-                f"{self.rhs_evals} f evals, {self.vjp_evals} VJPs, forward {self.forward_time:.3g}s, "
+                f"{self.rhs_evals} f evals, {self.vjp_evals} VJPs{implicit}, forward {self.forward_time:.3g}s, "
                 f"backward {self.backward_time:.3g}s")

@@ -12,7 +12,7 @@ import pnode
 from pnode.methods import METHODS
 
 TOL = 1e-12
-FIXED_NAMES = sorted(n for n, m in METHODS.items() if m.tableau in TABLEAUX)
+FIXED_NAMES = sorted(n for n, m in METHODS.items() if m.ts_type == "rk" and m.tableau in TABLEAUX)
 
 
 def _grads(loss, inputs):

@@ -1,0 +1,217 @@
+"""Jacobian strategies for the implicit stages: the matrix ``A = a*I - dg/dy`` (times PETSc's scale) that
+Newton solves with in the forward pass and, transposed, in the adjoint.
+
+* ``matrix_free``: a shell whose product is a JVP (``torch.func.jvp``) and whose transpose product is a
+  VJP; GMRES without preconditioner.  Cost per Krylov iteration: one JVP (forward) or one VJP (adjoint).
+* ``batched``: the leading dimension of ``y0`` is a batch of independent samples, so ``dg/dy`` is
+  block-diagonal.  Per-sample blocks come from ``vmap(jacrev)``; the preconditioner is an exact batched
+  LU of the blocks (``torch.linalg.lu_factor``), so with the default ``preonly`` Krylov method every linear
+  solve is exact and Newton needs the iterations one sample needs, whatever the batch size.
+* ``dense``: one block, the whole Jacobian (``jacrev``), exact LU: small states.
+
+Every strategy gives PETSc a Python shell (``mult``, ``multTranspose``, ``scale``, ``duplicate``: the
+methods the theta, ARKIMEX and DIRK forward and adjoint call) and sets its KSP/PC before PETSc reads the
+options database, so ``-ksp_type``, ``-pc_type``, ``-ksp_rtol``, ``-snes_*`` still override them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._petsc import PETSc
+from .errors import InvalidArgumentError
+from .problem import VectorField
+
+DENSE_LIMIT = 64   # the default strategy is dense up to this many unknowns, matrix-free above
+
+
+class _ZeroShell:
+    """What ``duplicate`` returns: PETSc's ARKIMEX/DIRK adjoint duplicates the implicit Jacobian to hold
+    the (absent) explicit part's Jacobian of a fully implicit problem; it is zero."""
+
+    def zeroEntries(self, mat):  # noqa: N802 - PETSc's names
+        pass
+
+    def mult(self, mat, x, y):
+        y.set(0.0)
+
+    def multTranspose(self, mat, x, y):  # noqa: N802
+        y.set(0.0)
+
+    def multTransposeAdd(self, mat, x, y, z):  # noqa: N802
+        y.copy(z)
+
+    def multAdd(self, mat, x, y, z):  # noqa: N802
+        y.copy(z)
+
+
+class JacobianStrategy:
+    """Base: holds the point, shift and scale of the current ``A`` and is the shell Mat's context."""
+
+    name = ""
+    option_defaults: dict[str, str] = {}
+
+    def __init__(self, field: VectorField, n: int, comm, errors):
+        self.field = field
+        self.errors = errors
+        self.n = n
+        self.shift = 0.0
+        self.factor = 1.0
+        self.tau = 0.0
+        self.x = torch.zeros(n, dtype=torch.float64)
+        self.matrix = PETSc.Mat().createPython(((n, n), (n, n)), self, comm=comm)
+        self.matrix.setUp()
+
+    # called from the IJacobian callback
+    def update(self, tau: float, x: np.ndarray, shift: float) -> None:
+        self.tau, self.shift, self.factor = tau, shift, 1.0
+        self.x.copy_(torch.from_numpy(x))
+
+    def configure(self, ksp) -> None:
+        """Set the Krylov method and preconditioner (before PETSc reads the options database)."""
+
+    def free(self) -> None:
+        self.matrix.destroy()
+
+    # --- shell methods PETSc calls ---------------------------------------------------------------
+    def scale(self, mat, alpha):
+        self.factor *= alpha
+
+    def duplicate(self, mat, op):
+        zero = PETSc.Mat().createPython(mat.getSizes(), _ZeroShell(), comm=mat.getComm())
+        zero.setUp()
+        return zero
+
+    def mult(self, mat, x, y):
+        self._apply(x, y, transpose=False)
+
+    def multTranspose(self, mat, x, y):  # noqa: N802
+        self._apply(x, y, transpose=True)
+
+    def _apply(self, x, y, transpose: bool) -> None:
+        try:
+            v = torch.from_numpy(x.getArray(readonly=True))
+            out = torch.from_numpy(y.getArray())
+            out.copy_(self._product(v, transpose))
+            if self.factor != 1.0:
+                out.mul_(self.factor)
+            y.stateIncrease()
+        except BaseException as error:  # noqa: BLE001 - re-raised by the solver as itself
+            self.errors.record(error)
+            raise
+
+    def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MatrixFree(JacobianStrategy):
+    """Newton-Krylov without a matrix: ``A v = a v - J v`` by JVP, ``A^T v = a v - J^T v`` by VJP.
+
+    The adjoint's transposed solves use the same KSP, so its tolerance bounds the gradient's accuracy:
+    the default ``ksp_rtol`` is tight (1e-10) for that reason."""
+
+    name = "matrix_free"
+    option_defaults = {"ksp_type": "gmres", "pc_type": "none", "ksp_rtol": "1e-10"}
+
+    def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+        field = self.field
+        jv = field.state_vjp(self.tau, self.x, v) if transpose else field.jvp(self.tau, self.x, v)
+        return self.shift * v - jv
+
+
+class BlockDiagonal(JacobianStrategy):
+    """``A`` held as per-sample blocks ``(B, d, d)``; an exact batched LU as the preconditioner."""
+
+    name = "batched"
+    option_defaults = {"ksp_type": "preonly"}
+
+    def __init__(self, field: VectorField, n: int, comm, errors, n_blocks: int):
+        super().__init__(field, n, comm, errors)
+        self.n_blocks = n_blocks
+        self.d = n // n_blocks
+        self.blocks: torch.Tensor | None = None
+        self._lu: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._eye = torch.eye(self.d, dtype=torch.float64)
+
+    def update(self, tau: float, x: np.ndarray, shift: float) -> None:
+        super().update(tau, x, shift)
+        jac = self.field.jacobian_blocks(tau, self.x, self.n_blocks)
+        self.blocks = shift * self._eye - jac
+        self._lu = None
+
+    def scale(self, mat, alpha):
+        self.blocks = self.blocks * alpha   # kept in the blocks, so the LU sees it too
+        self._lu = None
+
+    def configure(self, ksp) -> None:
+        ksp.getPC().setType(PETSc.PC.Type.PYTHON)
+        ksp.getPC().setPythonContext(_BlockLU(self))
+
+    def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
+        blocks = self.blocks.transpose(1, 2) if transpose else self.blocks
+        return torch.bmm(blocks, v.view(self.n_blocks, self.d, 1)).view(-1)
+
+    def _block_solve(self, r: torch.Tensor, transpose: bool) -> torch.Tensor:
+        if self._lu is None:
+            # a singular block gives inf/nan, so Newton fails and PETSc reports it (no exception here)
+            lu, pivots, _ = torch.linalg.lu_factor_ex(self.blocks)
+            self._lu = (lu, pivots)
+        rhs = r.view(self.n_blocks, self.d, 1)
+        return torch.linalg.lu_solve(*self._lu, rhs, adjoint=transpose).view(-1)
+
+    def getDiagonal(self, mat, d):  # noqa: N802 - lets -pc_type jacobi work too
+        torch.from_numpy(d.getArray()).copy_(torch.diagonal(self.blocks, dim1=1, dim2=2).reshape(-1))
+        d.stateIncrease()
+
+
+class _BlockLU:
+    """Python PC context: exact solves with the blocks' LU factors (and their transposes)."""
+
+    def __init__(self, strategy: BlockDiagonal):
+        self.strategy = strategy
+
+    def apply(self, pc, x, y):
+        self._solve(x, y, transpose=False)
+
+    def applyTranspose(self, pc, x, y):  # noqa: N802
+        self._solve(x, y, transpose=True)
+
+    def _solve(self, x, y, transpose: bool) -> None:
+        strategy = self.strategy
+        try:
+            out = torch.from_numpy(y.getArray())
+            out.copy_(strategy._block_solve(torch.from_numpy(x.getArray(readonly=True)), transpose))
+            y.stateIncrease()
+        except BaseException as error:  # noqa: BLE001
+            strategy.errors.record(error)
+            raise
+
+
+JACOBIAN_STRATEGIES = ("matrix_free", "batched", "dense")
+
+
+def make_strategy(name: str | None, field: VectorField, n: int, comm, errors) -> JacobianStrategy:
+    """Build the strategy ``options['jacobian']`` names; ``None`` picks ``dense`` up to
+    :data:`DENSE_LIMIT` unknowns and ``matrix_free`` above."""
+    if name is None:
+        name = "dense" if n <= DENSE_LIMIT else "matrix_free"
+    if name == "matrix_free":
+        return MatrixFree(field, n, comm, errors)
+    if name == "dense":
+        if comm.getSize() > 1:
+            raise InvalidArgumentError("options['jacobian']='dense' needs a single-process state; use "
+                                       "'matrix_free' or 'batched' with comm=")
+        strategy = BlockDiagonal(field, n, comm, errors, n_blocks=1)
+        strategy.name = "dense"
+        return strategy
+    if name == "batched":
+        layout = field.layout
+        if layout.is_tuple or len(layout.shapes[0]) < 2:
+            raise InvalidArgumentError(
+                "options['jacobian']='batched' means the leading dimension of y0 is a batch of independent "
+                f"samples, so y0 must be one tensor of shape (batch, ...); got shapes {list(layout.shapes)}. "
+                "Use 'dense' or 'matrix_free' for other states")
+        return BlockDiagonal(field, n, comm, errors, n_blocks=layout.shapes[0][0])
+    raise InvalidArgumentError(f"options['jacobian'] must be one of {', '.join(JACOBIAN_STRATEGIES)} "
+                               f"(or None for the default), got {name!r}")
