@@ -12,6 +12,7 @@ from .errors import (
                      RemoteRankError,
                      ShapeMismatchError,
                      SolverError,
+                     StepSizeUnderflowError,
                      UnknownMethodError,
 )
 from .implicit import IMEXField
@@ -24,5 +25,6 @@ __all__ = [
     "odeint", "odeint_adjoint", "ODESolver", "IMEXField", "SolveStats", "last_stats", "METHODS", "available_methods",
     "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError", "ShapeMismatchError",
     "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError", "MaxStepsError",
+    "StepSizeUnderflowError",
     "BackwardError", "RemoteRankError",
 ]

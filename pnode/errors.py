@@ -52,6 +52,11 @@ class NonFiniteError(SolverError):
     """The solution or the vector field became NaN or Inf."""
 
 
+class StepSizeUnderflowError(SolverError):
+    """The step size fell to rounding level relative to the time (PETSc's minimum, 1e-20 by default):
+    usually a finite-time blow-up of the solution or a singular model at :attr:`time`."""
+
+
 class MaxStepsError(SolverError):
     """The integrator reached ``max_num_steps`` before the final time."""
 

@@ -26,6 +26,7 @@ from .errors import (
     PetscConfigurationError,
     RemoteRankError,
     SolverError,
+    StepSizeUnderflowError,
 )
 from .implicit import ImplicitProblem
 from .methods import Method, by_petsc_type, running_tableau, set_tableau
@@ -38,10 +39,11 @@ _REPLAY = {"ts_adapt_type": "none"}
 _PETSC_ERR_FP = 72   # PETSC_ERR_FP: a floating-point exception (NaN/Inf in an adaptive error norm)
 _REASONS = {v: k for k, v in vars(PETSc.TS.ConvergedReason).items() if not k.startswith("_")}
 _FIX_HINT = {
-    "DIVERGED_STEP_REJECTED": "too many rejected steps: loosen rtol/atol, raise -ts_max_reject, or use "
+    "DIVERGED_STEP_REJECTED": "too many rejected steps: loosen rtol/atol, raise -ts_max_step_rejections, or use "
                               "a method suited to the problem (stiff systems need implicit methods)",
     "DIVERGED_NONLINEAR_SOLVE": "Newton diverged: try a smaller step or a better preconditioner",
 }
+_UNDERFLOW = 1e-13   # a step this small relative to the time cannot move it by more than ~1000 ulps
 _SNES_REASONS = {v: k for k, v in vars(PETSc.SNES.ConvergedReason).items() if not k.startswith("_")}
 
 
@@ -395,13 +397,19 @@ class TSDriver:
                 f"the solve stopped after {self.ts.getStepNumber()} steps at t={t:.6g} before reaching "
                 f"t={self.field.sign * target:.6g}; raise options['max_num_steps'] (now "
                 f"{self.options.max_num_steps}) or loosen rtol/atol", reason="CONVERGED_ITS", time=t)
-        hint = _FIX_HINT.get(name, "see PETSc's -ts_monitor and -ts_adapt_monitor output")
+        dt = self.ts.getTimeStep()
+        # the controller shrank the step to rounding level: a blow-up or singularity, whatever the reason
+        underflow = abs(dt) <= _UNDERFLOW * max(abs(tau), abs(target))
+        hint = (f"step size underflow (dt={dt:.3g}): the solution probably blows up or the model is singular "
+                "near this time; check the model and data there, or end the solve earlier" if underflow
+                else _FIX_HINT.get(name, "see PETSc's -ts_monitor and -ts_adapt_monitor output"))
         if self.method.implicit:
             self._count_iterations()   # the statistics of a failed solve help diagnose it
             snes = _SNES_REASONS.get(self.ts.getSNES().getConvergedReason(), "")
-            hint += f" (last Newton solve: {snes}, step size {self.ts.getTimeStep():.3g})"
+            hint += f" (last Newton solve: {snes}, step size {dt:.3g})"
             self._rebuild()   # a failed implicit solve leaves adaptor/SNES state that poisons the next one
-        raise SolverError(f"PETSc TS stopped with reason {name} at t={t:.6g}: {hint}", reason=name, time=t)
+        error = StepSizeUnderflowError if underflow else SolverError
+        raise error(f"PETSc TS stopped with reason {name} at t={t:.6g}: {hint}", reason=name, time=t)
 
     def _run(self, call, *args, what: str = "the solve") -> None:
         """Run a PETSc call; re-raise a callback's exception as itself and turn PETSc failures into

@@ -260,15 +260,29 @@ def test_diverged_newton_raises_with_reason_and_time_and_solver_recovers():
     assert math.isfinite(float(y[-1, 0]))
 
 
-def test_adaptive_failure_near_blowup_raises_and_solver_recovers():
-    solver = pnode.ODESolver(Square(), method="dirk", rtol=1e-6, atol=1e-8, adjoint_params=(),
-                             options={"petsc": {"ts_max_step_rejections": 5, "ts_max_snes_failures": 5}})
-    with pytest.raises(pnode.SolverError) as info, torch.no_grad():
-        solver(torch.ones(1), torch.tensor([0.0, 2.0]))
-    assert 0.5 < info.value.time <= 1.01 and info.value.reason.startswith(("DIVERGED", "CONVERGED_ITS"))
+def test_step_size_underflow_at_blowup_raises_with_time_and_solver_recovers():
+    solver = pnode.ODESolver(Square(), method="dirk", rtol=1e-6, atol=1e-8, adjoint_params=())
+    with pytest.raises(pnode.StepSizeUnderflowError) as info, torch.no_grad():
+        solver(torch.ones(1), torch.tensor([0.0, 2.0]))     # y = 1/(1-t) blows up at t=1
+    assert abs(info.value.time - 1.0) < 1e-6 and info.value.reason.startswith("DIVERGED")
+    assert "underflow" in str(info.value) and "t=1" in str(info.value)
     with torch.no_grad():
         y = solver(torch.ones(1), torch.tensor([0.0, 0.5]))
     assert abs(float(y[-1, 0]) - 2.0) < 1e-4      # exact: 1 / (1 - t)
+
+
+def test_too_many_rejections_raises_with_reason_and_solver_recovers():
+    # a first step of 0.5 is far above what rtol 1e-8 allows, and no rejection is tolerated
+    solver = pnode.ODESolver(Square(), method="dirk", rtol=1e-8, atol=1e-10, adjoint_params=(),
+                             options={"first_step": 0.5, "petsc": {"ts_max_step_rejections": 0}})
+    with pytest.raises(pnode.SolverError) as info, torch.no_grad():
+        solver(torch.full((1,), 0.1), torch.tensor([0.0, 2.0]))
+    assert type(info.value) is pnode.SolverError
+    assert info.value.reason == "DIVERGED_STEP_REJECTED" and info.value.time == 0.0
+    assert "-ts_max_step_rejections" in str(info.value)
+    with torch.no_grad():   # the same solver afterwards, on a span its first step passes at once
+        y = solver(torch.full((1,), 0.1), torch.tensor([0.0, 1e-3]))
+    assert abs(float(y[-1, 0]) - 0.1 / (1 - 1e-4)) < 1e-9     # exact: 0.1 / (1 - 0.1 t)
 
 
 def test_invalid_jacobian_option():
