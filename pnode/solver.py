@@ -147,6 +147,8 @@ class TSDriver:
             if replay:
                 return
             db = PETSc.Options()
+            # measured: PETSc's adjoint then runs on lagged Jacobians and the gradients come out NaN
+            self.lagged_jacobian = db.getInt("snes_lag_jacobian", 1) != 1
             self.adaptive = db.getString("ts_adapt_type") != "none"
             dt = db.getReal("ts_dt", 0.0)
             self.option_step = dt if dt > 0 else None
@@ -244,6 +246,10 @@ class TSDriver:
             plan = fixed_step_times(taus, self.option_step or self.options.step_size)
         self._plan = plan
         runner = None
+        if keep_trajectory and self.lagged_jacobian:
+            raise InvalidArgumentError(
+                "-snes_lag_jacobian (lagged Newton Jacobians) is only allowed in solves without gradients "
+                "(torch.no_grad()): PETSc's adjoint would reuse lagged Jacobians; remove the option")
         checkpointed = keep_trajectory and self.checkpoints is not None
         self._trajectory_token = None
         if len(taus) > 1 and checkpointed and plan is not None:

@@ -299,3 +299,15 @@ def test_numpy_oracle_sanity():
     ref = _radau(Square(), torch.tensor([0.5]), torch.tensor([0.0, 1.0]))
     assert abs(float(ref[-1, 0]) - 1.0) < 1e-10
     assert np.isfinite(ref.numpy()).all()
+
+
+def test_lagged_jacobian_refused_when_gradients_are_needed(mlp):
+    options = {"step_size": 0.1, "petsc": {"snes_lag_jacobian": 2}}
+    y0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([0.0, 0.5])
+    with torch.no_grad():   # forward only: lagging is just a cheaper Newton
+        lagged = pnode.odeint(mlp, y0, t, method="dirk", options=options)
+        exact = pnode.odeint(mlp, y0, t, method="dirk", options={"step_size": 0.1})
+    assert rel_err(lagged, exact) < 1e-6   # both converge to the default snes tolerances
+    with pytest.raises(pnode.InvalidArgumentError, match="snes_lag_jacobian"):
+        pnode.odeint(mlp, y0, t, method="dirk", options=options)
