@@ -4,10 +4,11 @@ Newton solves with in the forward pass and, transposed, in the adjoint.
 * ``matrix_free``: a shell whose product is a JVP (``torch.func.jvp``) and whose transpose product is a
   VJP; GMRES without preconditioner.  Cost per Krylov iteration: one JVP (forward) or one VJP (adjoint).
 * ``batched``: the leading dimension of ``y0`` is a batch of independent samples, so ``dg/dy`` is
-  block-diagonal.  Per-sample blocks come from ``vmap(jacrev)``; the preconditioner is an exact batched
+  block-diagonal.  Per-sample blocks come from one batched reverse pass per row
+  (:meth:`~pnode.problem.VectorField.jacobian_blocks`); the preconditioner is an exact batched
   LU of the blocks (``torch.linalg.lu_factor``), so with the default ``preonly`` Krylov method every linear
   solve is exact and Newton needs the iterations one sample needs, whatever the batch size.
-* ``dense``: one block, the whole Jacobian (``jacrev``), exact LU: small states.
+* ``dense``: one block, the whole Jacobian (reverse-mode rows), exact LU: small states.
 
 Every strategy gives PETSc a Python shell (``mult``, ``multTranspose``, ``scale``, ``duplicate``: the
 methods the theta, ARKIMEX and DIRK forward and adjoint call) and sets its KSP/PC before PETSc reads the

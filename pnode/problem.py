@@ -150,29 +150,24 @@ class VectorField:
 
     def jacobian_blocks(self, tau: float, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
         """Blocks ``(n_blocks, d, d)`` of dg/dy at (tau, x) when the state's leading dimension holds
-        ``n_blocks`` independent samples: ``vmap(jacrev)`` over the samples, each sample seen by ``func``
-        as a batch of one.  ``n_blocks == 1`` gives the dense Jacobian, row by row."""
-        self.stats.jacobian_assemblies += 1
-        flat = self.flat_function(tau)
-        if n_blocks == 1:
-            # one reverse pass per row on one graph: measured ~10x faster than torch.func.jacrev here
-            with torch.enable_grad():
-                z = x.detach().clone().requires_grad_()
-                out = flat(z)
-                rows = []
-                for i, e in enumerate(torch.eye(len(x), dtype=torch.float64)):
-                    (row,) = torch.autograd.grad(out, z, e, retain_graph=i < len(x) - 1, allow_unused=True)
-                    rows.append(torch.zeros_like(x) if row is None else row)
-            return torch.stack(rows).unsqueeze(0)
-        with torch.no_grad():
-            layout = self.layout
-            (shape,) = layout.shapes
-            sample = shape[1:]
+        ``n_blocks`` independent samples (``n_blocks == 1``: the dense Jacobian).
 
-            def one(z: torch.Tensor) -> torch.Tensor:
-                out = self.func(self.time(tau), z.reshape(1, *sample).to(layout.dtype))
-                return out.reshape(-1).to(torch.float64) * self.sign
-            return torch.func.vmap(torch.func.jacrev(one))(x.reshape(n_blocks, -1))
+        Samples are independent, so row ``j`` of every block comes from one reverse pass with the
+        cotangent ``e_j`` in every sample; the ``d`` passes run as one batched ``autograd.grad`` on one
+        graph of ``func`` over the whole batch.  Measured against ``vmap(jacrev)`` over the samples, which
+        sees each sample as a batch of one: 1.5-3x faster for d = 3..32 (about equal at d = 64)."""
+        self.stats.jacobian_assemblies += 1
+        d = len(x) // n_blocks
+        basis = torch.eye(d, dtype=torch.float64).unsqueeze(1).expand(d, n_blocks, d).reshape(d, -1)
+        with torch.enable_grad():
+            z = x.detach().clone().requires_grad_()
+            out = self.flat_function(tau)(z)
+            if not out.requires_grad:    # g does not depend on y
+                return torch.zeros(n_blocks, d, d, dtype=torch.float64)
+            (rows,) = torch.autograd.grad(out, z, basis, is_grads_batched=True, allow_unused=True)
+        if rows is None:
+            return torch.zeros(n_blocks, d, d, dtype=torch.float64)
+        return rows.view(d, n_blocks, d).transpose(0, 1)
 
     def part(self, func: Callable) -> VectorField:
         """A field evaluating ``func`` that follows this field's time direction and parameters (the
