@@ -4,15 +4,17 @@ PY     := $(VENV)/bin/python
 OUT    ?= outputs
 MPIEXEC ?= mpiexec
 NP     ?= 2
-DEMO_ITERS ?= 400
+DEMO_ITERS ?= 30
 
-.PHONY: setup test demo demo-serial demo-robertson lint bench clean help
+.PHONY: setup test demo demo-spiral demo-serial demo-robertson lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
-	@echo "make demo   - set up (if needed) and train the spiral neural ODE on $(NP) MPI ranks, writing $(OUT)/*.png"
-	@echo "make demo-serial - the same model trained by examples/spiral.py in one process"
-	@echo "make demo-robertson - train a neural ODE on stiff Robertson kinetics (arkimex4 vs dopri5), writing $(OUT)/robertson.png"
+	@echo "make demo   - set up (if needed) and train a neural ODE on stiff Robertson kinetics on $(NP) MPI ranks"
+	@echo "              (implicit arkimex4, batched Jacobians; progress, checkpoints, $(OUT)/robertson_mpi.png)"
+	@echo "make demo-robertson - the same task for one trajectory in one process ($(OUT)/robertson.png)"
+	@echo "make demo-spiral - the spiral neural ODE (explicit dopri5) on $(NP) MPI ranks through pnode-train"
+	@echo "make demo-serial - the spiral trained by examples/spiral.py in one process"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run benchmarks/ (tables written to benchmarks/results/)"
 
@@ -22,9 +24,13 @@ setup:
 test: setup
 	$(PY) -m pytest tests
 
-# data-parallel training under MPI through the pnode-train driver (progress, checkpoints, plot)
+# the main job: data-parallel training of a stiff neural ODE under MPI through the pnode-train driver
 demo: setup
-	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_spiral.py --iterations $(DEMO_ITERS) --log-every 20 \
+	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_robertson.py --iterations $(DEMO_ITERS) --log-every 5 \
+		--checkpoint $(OUT)/robertson_mpi.pt --checkpoint-every 10 -- --out $(OUT)
+
+demo-spiral: setup
+	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_spiral.py --iterations 400 --log-every 20 \
 		--checkpoint $(OUT)/spiral_mpi.pt --checkpoint-every 100 -- --out $(OUT) --report-every 200
 
 demo-serial: setup
