@@ -54,6 +54,9 @@ QUICK_VARIANTS = ["pnode arkimex4", "pnode IMEX arkimex4", "torchdiffeq dopri5",
                   "torchode tsit5"]
 
 
+RAW: list[dict] = []   # every child's result, written to results/stiff.json
+
+
 class GaveUp(Exception):
     """Raised from inside a peer's vector field when its step or wall-time cap is reached."""
 
@@ -242,11 +245,11 @@ def child(variant: str, batch: int, t_end: float, repeats: int, threads: int, ca
                        krylov=s.krylov_iterations, fwd_s=s.forward_time, bwd_s=s.backward_time)
         return rec
 
+    base = peak_rss_bytes()   # before the warm-up, as in explicit.py (pnode: includes building PETSc objects)
     try:
         step(t_warm)
     except GaveUp:
         pass
-    base = peak_rss_bytes()
     records = []
     spent = 0.0
     try:
@@ -317,6 +320,7 @@ def train_part(args, variants: list[str], in_process: bool) -> tuple[list[list],
                           "--repeats", str(args.repeats), "--threads", str(args.threads), "--cap-s", repr(args.cap_s),
                           "--max-steps", str(args.max_steps), "--budget-s", repr(args.budget_s)]
             results[name] = r = run(args, child_args, in_process, timeout=args.child_timeout)
+            RAW.append({"part": "train", "t_end": t_end, "variant": name, **r})
             if "final" in r:
                 r["error_rel"] = rel_error(r["final"], ref)
             print("   ", {k: v for k, v in r.items() if k != "final"}, flush=True)
@@ -324,7 +328,7 @@ def train_part(args, variants: list[str], in_process: bool) -> tuple[list[list],
         pnodes = {n: r for n, r in results.items() if n.startswith("pnode") and "median_s" in r}
         for name, r in results.items():
             if "error" in r:
-                rows.append([f"{t_end:g}", name, "failed: " + str(r["error"])[:70]] + [""] * 10)
+                rows.append([f"{t_end:g}", name, "failed: " + str(r["error"])[:70]])
                 continue
             if r.get("gave_up"):
                 # forward progress until the cap, extrapolated linearly in t: a lower bound, since the
@@ -382,7 +386,7 @@ def scan_part(args, in_process: bool) -> tuple[list[list], list[str]]:
                 skip = True
             if skip:
                 rows.append([jacobian, batch, "skipped (--mf-max-batch)" if batch > args.mf_max_batch
-                             else "skipped (smaller batch timed out)"] + [""] * 8)
+                             else "skipped (smaller batch timed out)"])
                 continue
             print(f"scan {jacobian} / batch {batch} ...", flush=True)
             child_args = ["--scan", "--batch", str(batch), "--jacobian", jacobian, "--t-end", repr(args.t_scan),
@@ -390,8 +394,9 @@ def scan_part(args, in_process: bool) -> tuple[list[list], list[str]]:
             r = run(args, child_args, in_process, timeout=args.mf_cap_s if jacobian == "matrix_free"
                     else args.child_timeout)
             print("   ", {k: v for k, v in r.items() if k != "final"}, flush=True)
+            RAW.append({"part": "scan", "t_end": args.t_scan, "jacobian": jacobian, "batch": batch, **r})
             if "error" in r:
-                rows.append([jacobian, batch, str(r["error"])[:60]] + [""] * 8)
+                rows.append([jacobian, batch, str(r["error"])[:60]])
                 skip = skip or bool(r.get("timeout"))
                 continue
             steps = r["steps"] + r["rejected"]
@@ -419,11 +424,11 @@ def parse(argv=None):
     parser.add_argument("--t-scan", type=float, default=1.0, help="horizon of the batch-size scan")
     parser.add_argument("--scan-batches", type=lambda s: [int(b) for b in s.split(",")], default=[1, 16, 256, 1024])
     parser.add_argument("--mf-max-batch", type=int, default=16, help="largest batch tried with matrix_free")
-    parser.add_argument("--mf-cap-s", type=float, default=150.0, help="wall-time cap of one matrix_free scan run")
+    parser.add_argument("--mf-cap-s", type=float, default=120.0, help="wall-time cap of one matrix_free scan run")
     parser.add_argument("--repeats", type=int, default=3, help="timed training steps per variant (at most)")
-    parser.add_argument("--budget-s", type=float, default=20.0,
+    parser.add_argument("--budget-s", type=float, default=12.0,
                         help="stop repeating a variant once its timed steps took this long (at least one)")
-    parser.add_argument("--cap-s", type=float, default=30.0, help="wall-time cap of one explicit-peer step")
+    parser.add_argument("--cap-s", type=float, default=20.0, help="wall-time cap of one explicit-peer step")
     parser.add_argument("--max-steps", type=int, default=200_000, help="step cap (explicit peers: ~7 evals/step)")
     parser.add_argument("--child-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
@@ -439,7 +444,7 @@ def main() -> None:
     if args.quick:
         args.batch, args.t_short, args.t_long, args.t_scan = 2, 1e-2, 1.0, 1e-2
         args.scan_batches, args.mf_max_batch, args.mf_cap_s = [1, 16, 256], 1, 30.0
-        args.repeats, args.cap_s, args.budget_s = 1, 3.0, 5.0
+        args.repeats, args.cap_s, args.budget_s = 1, 2.0, 5.0
         if not args.threads:
             args.threads = 1
     variants = QUICK_VARIANTS if args.quick else list(VARIANTS)
@@ -473,9 +478,18 @@ def main() -> None:
         f"command: {command}")
     scan_text = (f"\n\n### Newton / Krylov iterations vs batch size (pnode arkimex4, T={args.t_scan:g}, rtol {RTOL:g}, "
                  f"one training step; distinct initial conditions)\n\n")
-    os.makedirs(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"), exist_ok=True)
+    results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "stiff.json"), "w") as f:
+        json.dump({"command": command, "load": load, "results": RAW}, f, indent=1)
+    train_rows = pad(train_rows, len(train_header))
+    scan_rows = pad(scan_rows, len(scan_header))
     scan_table = table_text(scan_header, scan_rows) + "\n\n" + " ".join(scan_notes)
     write_table("stiff.md", train_header, train_rows, notes + scan_text + scan_table)
+
+
+def pad(rows: list[list], n: int) -> list[list]:
+    return [list(r) + [""] * (n - len(r)) for r in rows]
 
 
 def table_text(header: list[str], rows: list[list]) -> str:
