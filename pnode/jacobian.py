@@ -1,8 +1,9 @@
 """Jacobian strategies for the implicit stages: the matrix ``A = a*I - dg/dy`` (times PETSc's scale) that
 Newton solves with in the forward pass and, transposed, in the adjoint.
 
-* ``matrix_free``: a shell whose product is a JVP (``torch.func.jvp``) and whose transpose product is a
-  VJP; GMRES without preconditioner.  Cost per Krylov iteration: one JVP (forward) or one VJP (adjoint).
+* ``matrix_free``: a shell whose product is a JVP and whose transpose product is a VJP, both on one graph
+  kept per linearization point (:class:`~pnode.problem.Linearization`); GMRES without preconditioner.
+  Cost per Krylov iteration: one backward pass.
 * ``batched``: the leading dimension of ``y0`` is a batch of independent samples, so ``dg/dy`` is
   block-diagonal.  Per-sample blocks come from one batched reverse pass per row
   (:meth:`~pnode.problem.VectorField.jacobian_blocks`); the preconditioner is an exact batched
@@ -115,9 +116,18 @@ class MatrixFree(JacobianStrategy):
     name = "matrix_free"
     option_defaults = {"ksp_type": "gmres", "pc_type": "none", "ksp_rtol": "1e-10"}
 
+    def __init__(self, field: VectorField, n: int, comm, errors):
+        super().__init__(field, n, comm, errors)
+        self._linear = None
+
+    def update(self, tau: float, x: np.ndarray, shift: float) -> None:
+        super().update(tau, x, shift)
+        self._linear = None     # built at the first product: the graph at this point serves them all
+
     def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
-        field = self.field
-        jv = field.state_vjp(self.tau, self.x, v) if transpose else field.jvp(self.tau, self.x, v)
+        if self._linear is None:
+            self._linear = self.field.linearize(self.tau, self.x)
+        jv = self._linear.vjp(v) if transpose else self._linear.jvp(v)
         return self.shift * v - jv
 
 
