@@ -60,7 +60,9 @@ class JacobianStrategy:
         self.factor = 1.0
         self.tau = 0.0
         self.x = torch.zeros(n, dtype=torch.float64)
-        self.matrix = PETSc.Mat().createPython(((n, n), (n, n)), self, comm=comm)
+        # n rows on this rank; PETSc sums the ranks' rows into the global size (a distributed state)
+        size = (n, PETSc.DECIDE)
+        self.matrix = PETSc.Mat().createPython((size, size), self, comm=comm)
         self.matrix.setUp()
 
     # called from the IJacobian callback
