@@ -23,6 +23,22 @@ CASES = {
     # pnode-owned checkpointing: 3 states in RAM, the rest recomputed segment by segment
     "rk4_fixed_checkpointed": dict(method="rk4", options={"step_size": 0.05, "checkpoints": 3}),
     "dopri5_adaptive_checkpointed": dict(method="dopri5", rtol=1e-6, atol=1e-8, options={"checkpoints": 3}),
+    # implicit methods: batched Jacobians (per-sample blocks, exact batched LU: rank-local linear solves)
+    # and matrix-free Newton-Krylov (GMRES: global dot products in every Krylov iteration)
+    "beuler_fixed_batched": dict(method="beuler", options={"step_size": 0.1, "jacobian": "batched"}),
+    "cn_fixed_matrix_free": dict(method="cn", options={"step_size": 0.1, "jacobian": "matrix_free"}),
+    "arkimex4_adaptive_batched": dict(method="arkimex4", rtol=1e-6, atol=1e-8, options={"jacobian": "batched"}),
+    "arkimex4_adaptive_matrix_free": dict(method="arkimex4", rtol=1e-6, atol=1e-8,
+                                          options={"jacobian": "matrix_free"}),
+    "dirk_adaptive_batched_backward_time": dict(method="dirks212", rtol=1e-5, atol=1e-7, reverse=True,
+                                                options={"jacobian": "batched"}),
+    # IMEX: a stiff linear term (trainable rates) implicit, the network explicit
+    "imex_arkimex3_adaptive": dict(method="arkimex3", rtol=1e-6, atol=1e-8, imex=True,
+                                   options={"jacobian": "batched"}),
+    "cn_fixed_batched_checkpointed": dict(method="cn", options={"step_size": 0.1, "jacobian": "batched",
+                                                                "checkpoints": 3}),
+    "arkimex4_adaptive_matrix_free_checkpointed": dict(method="arkimex4", rtol=1e-6, atol=1e-8,
+                                                       options={"jacobian": "matrix_free", "checkpoints": 3}),
 }
 
 
@@ -39,7 +55,18 @@ class Field(torch.nn.Module):
         return torch.tanh(ty @ self.w1 + self.b1) @ self.w2
 
 
-def run_case(comm, name, method, rtol=1e-7, atol=1e-9, options=None, reverse=False):
+class Damping(torch.nn.Module):
+    """The stiff implicit term of the IMEX cases: -rates * y (rates up to 200: h*rate >> 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = torch.nn.Parameter(torch.tensor([2.0, 20.0, 200.0]))
+
+    def forward(self, t, y):
+        return -self.rates * y
+
+
+def run_case(comm, name, method, rtol=1e-7, atol=1e-9, options=None, reverse=False, imex=False):
     g = torch.Generator().manual_seed(1)
     y0_global = torch.randn(BATCH, DIM, generator=g)
     weights_global = torch.rand(5, BATCH, DIM, generator=g) + 0.5    # positive: no cancelling sums
@@ -49,15 +76,17 @@ def run_case(comm, name, method, rtol=1e-7, atol=1e-9, options=None, reverse=Fal
     t.requires_grad_()
     y0 = shard(y0_global, comm).clone().requires_grad_()
     weights = shard(weights_global, comm, dim=1)
-    field = Field()
+    field = pnode.IMEXField(implicit=Damping(), explicit=Field()) if imex else Field()
     solver = pnode.ODESolver(field, method=method, rtol=rtol, atol=atol, options=options, comm=comm)
     ys = solver(y0, t)
     head = torch.tensor(1.5, requires_grad=True)              # a parameter used outside the solve
     loss = head * (weights * ys).sum() + (ys ** 2).sum() * 0.1   # this rank's part of the global loss
     loss.backward()
     allreduce_gradients([head], comm)                          # pnode reduces only the field's own
+    stats = solver.stats
     out = {
-        "steps": np.array([solver.stats.steps, solver.stats.rejected_steps]),
+        "steps": np.array([stats.steps, stats.rejected_steps]),
+        "iterations": np.array([stats.newton_iterations, stats.krylov_iterations]),
         "step_times": solver.step_times.numpy(),
         "loss": np.array(comm.allreduce(loss.item())),
         "ys": np.concatenate(comm.allgather(ys.detach().numpy()), axis=1),
