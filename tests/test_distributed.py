@@ -89,10 +89,35 @@ def test_checkpointed_implicit_adjoint_matches_store_all(rank_runs, n):
 def failure_table(tmp_path_factory):
     folder = tmp_path_factory.mktemp("failures")
     path = str(folder / "failures.json")
-    # a hang shows up as the timeout; the whole table takes about a second after start-up
-    check(mpiexec(2, [os.path.join(WORKERS, "failures.py"), path], timeout=90, cwd=folder))
+    # a hang shows up as the timeout; the whole table takes a few seconds after start-up
+    check(mpiexec(2, [os.path.join(WORKERS, "failures.py"), path], timeout=120, cwd=folder))
     with open(path) as handle:
         return json.load(handle)
+
+
+IMPLICIT_FAILURES = [
+    ("raise_jacobian", "Boom: func failed in a Jacobian", "RemoteRankError: rank 1 failed during the solve with Boom"),
+    # NaN in an implicit stage makes Newton fail on every rank together (its norms are global)
+    ("nan_forward", "SolverError: PETSc TS stopped with reason DIVERGED_NONLINEAR_SOLVE",
+     "SolverError: PETSc TS stopped with reason DIVERGED_NONLINEAR_SOLVE"),
+    # Newton diverges on rank 1's shard only: global norms, so every rank sees the same failed solve
+    ("diverge", "SolverError: PETSc TS stopped with reason DIVERGED_NONLINEAR_SOLVE",
+     "SolverError: PETSc TS stopped with reason DIVERGED_NONLINEAR_SOLVE"),
+]
+
+
+IMPLICIT_FAILURES += [
+    ("raise_forward", "Boom: func failed on rank 1", "RemoteRankError: rank 1 failed during the solve with Boom"),
+    ("raise_backward", "Boom: func failed in a VJP", "RemoteRankError: rank 1 failed during the adjoint with Boom"),
+]
+
+
+# "diverge" on the fixed-step method only: adaptive steps chase its blow-up (see failures.py)
+@pytest.mark.parametrize("method, mode, on_failing_rank, elsewhere",
+                         [(method, *row) for method in ("beuler_batched", "arkimex4_matrix_free")
+                          for row in IMPLICIT_FAILURES if method == "beuler_batched" or row[0] != "diverge"])
+def test_implicit_failure_on_one_rank_raises_everywhere(failure_table, method, mode, on_failing_rank, elsewhere):
+    test_failure_on_one_rank_raises_everywhere(failure_table, method, mode, on_failing_rank, elsewhere)
 
 
 @pytest.mark.parametrize("method", ["rk4", "dopri5", "rk4_checkpointed"])
@@ -110,7 +135,7 @@ def test_failure_on_one_rank_raises_everywhere(failure_table, method, mode, on_f
         assert rank["then"] == "no error"          # the same solver works again afterwards
 
 
-@pytest.mark.parametrize("method", ["rk4", "dopri5", "rk4_checkpointed"])
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "rk4_checkpointed", "beuler_batched", "arkimex4_matrix_free"])
 def test_invalid_arguments_on_one_rank(failure_table, method):
     for rank in failure_table[f"{method}/different_t"]:
         assert rank["raised"].startswith("InvalidArgumentError: t differs across MPI ranks")
