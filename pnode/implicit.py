@@ -99,6 +99,7 @@ class ImplicitProblem:
         return defaults
 
     def install(self, ts) -> None:
+        self._start_slope_state = None    # a Vec handle of this TS (see _stage_time)
         ts.setIFunction(self.ifunction, self._residual)
         ts.setIJacobian(self.ijacobian, self.J, self.J)
         if self.Jp is not None:
@@ -118,16 +119,43 @@ class ImplicitProblem:
             self.explicit.destroy()
 
     # --- forward -------------------------------------------------------------------------------
+    def _stage_time(self, ts, t: float, X, Xdot) -> float:
+        """PETSc's time ``t``, except in the start-slope solve of ARKIMEX/DIRK tableaux with an explicit
+        first stage (``es*sal``, ``arkimex3/4/5`` made fully implicit).
+
+        At a restarted step (every pnode solve starts with one, a checkpoint replay too) PETSc 3.26 solves
+        ``F(t_n, y_n, ydot) = 0`` for the first stage's slope, but passes the stale ``stage_time`` of the
+        TS's previous stage solve (0 in a new TS) instead of ``t_n``.  For a time-dependent ``f`` that
+        made the first step of a reused solver (and of every replayed segment) differ from a new
+        solver's.  That solve is recognisable: its unknown is the slope, so PETSc passes the SNES
+        solution as ``Xdot`` (and always the same work Vec, the step's start state, as ``X``); the right
+        time is the step's start, ``ts.getTime()``."""
+        if self._start_slope_state is None and self.method.ts_type in ("arkimex", "dirk") \
+                and self.explicit is None and Xdot.handle == ts.getSNES().getSolution().handle:
+            self._start_slope_state = X.handle
+        if self._start_slope_state is not None and X.handle == self._start_slope_state:
+            return ts.getTime()
+        return t
+
     @_guarded(output=4)
     def ifunction(self, ts, t, X, Xdot, F):
         out = F.getArray()
+        t = self._stage_time(ts, t, X, Xdot)
         self.implicit_field.evaluate_into(t, X.getArray(readonly=True), out)
         np.subtract(Xdot.getArray(readonly=True), out, out=out)
         F.stateIncrease()
 
     @_guarded()
     def ijacobian(self, ts, t, X, Xdot, shift, A, P):
-        self.strategy.update(t, X.getArray(readonly=True), shift)
+        if self.poison and self.errors.error is not None:
+            self.strategy.poison_products()     # this rank failed before: NaN, not another call of func
+            return
+        try:
+            self.strategy.update(self._stage_time(ts, t, X, Xdot), X.getArray(readonly=True), shift)
+        except BaseException:
+            if self.poison:
+                self.strategy.poison_products()
+            raise
 
     # --- adjoint -------------------------------------------------------------------------------
     @_guarded()

@@ -18,6 +18,8 @@ options database, so ``-ksp_type``, ``-pc_type``, ``-ksp_rtol``, ``-snes_*`` sti
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -62,13 +64,23 @@ class JacobianStrategy:
         self.factor = 1.0
         self.tau = 0.0
         self.x = torch.zeros(n, dtype=torch.float64)
-        self.matrix = PETSc.Mat().createPython(((n, n), (n, n)), self, comm=comm)
+        self.poison = comm.getSize() > 1    # see problem._guarded: under MPI a failure writes NaN, not raise
+        self.poisoned = False
+        # n rows on this rank; PETSc sums the ranks' rows into the global size (a distributed state)
+        size = (n, PETSc.DECIDE)
+        self.matrix = PETSc.Mat().createPython((size, size), self, comm=comm)
         self.matrix.setUp()
 
     # called from the IJacobian callback
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
         self.tau, self.shift, self.factor = tau, shift, 1.0
+        self.poisoned = False
         self.x.copy_(torch.from_numpy(x))
+
+    def poison_products(self) -> None:
+        """After a failure on this rank (MPI): every product and solve writes NaN until the next update,
+        so Newton fails on every rank together instead of this rank leaving a collective."""
+        self.poisoned = True
 
     def configure(self, ksp) -> None:
         """Set the Krylov method and preconditioner (before PETSc reads the options database)."""
@@ -93,6 +105,9 @@ class JacobianStrategy:
 
     def _apply(self, x, y, transpose: bool) -> None:
         try:
+            if self.poisoned:
+                y.set(math.nan)
+                return
             v = torch.from_numpy(x.getArray(readonly=True))
             out = torch.from_numpy(y.getArray())
             out.copy_(self._product(v, transpose))
@@ -101,7 +116,10 @@ class JacobianStrategy:
             y.stateIncrease()
         except BaseException as error:  # noqa: BLE001 - re-raised by the solver as itself
             self.errors.record(error)
-            raise
+            if not self.poison:
+                raise
+            self.poisoned = True
+            y.set(math.nan)
 
     def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -191,12 +209,18 @@ class _BlockLU:
     def _solve(self, x, y, transpose: bool) -> None:
         strategy = self.strategy
         try:
+            if strategy.poisoned:
+                y.set(math.nan)
+                return
             out = torch.from_numpy(y.getArray())
             out.copy_(strategy._block_solve(torch.from_numpy(x.getArray(readonly=True)), transpose))
             y.stateIncrease()
         except BaseException as error:  # noqa: BLE001
             strategy.errors.record(error)
-            raise
+            if not strategy.poison:
+                raise
+            strategy.poisoned = True
+            y.set(math.nan)
 
 
 JACOBIAN_STRATEGIES = ("matrix_free", "batched", "dense")

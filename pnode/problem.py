@@ -45,7 +45,8 @@ def _guarded(output: int | None = None):
     """Record any exception a callback raises before PETSc turns it into error 101.
 
     In poison mode (distributed solves) the callback does not raise: it records the exception and fills
-    its output Vec (argument ``output``) with NaN, so PETSc's global norms stop every rank together
+    its output Vec (argument ``output``; a Jacobian callback poisons its matrix's products instead) with
+    NaN, so PETSc's global norms stop every rank together
     instead of leaving the others waiting in a collective; once a rank has failed, later calls on it
     only write NaN (the user's function is not called again on garbage).
     """
@@ -59,9 +60,10 @@ def _guarded(output: int | None = None):
                 return method(self, *args)
             except BaseException as error:  # noqa: BLE001 - re-raised by the solver as itself
                 self.errors.record(error)
-                if not self.poison or output is None:
+                if not self.poison:
                     raise
-                args[output].set(math.nan)
+                if output is not None:   # callbacks without an output poison their own products
+                    args[output].set(math.nan)
                 return None
 
         wrapper.__name__ = method.__name__

@@ -173,3 +173,60 @@ def test_petsc_trajectory_options_pass_through(mlp):
         assert rel_err(a, b) < 1e-12
     with pytest.raises(pnode.PetscConfigurationError, match="checkpoints"):
         _grads(mlp, "rk4", {"step_size": 0.1, "petsc": {"ts_trajectory_max_cps_ram": 3}}, y0, t, w)
+
+
+# Newton solved to rounding: the replayed stages then equal the stored run's to rounding.  (With the
+# default snes_rtol, ARKIMEX/DIRK replays restarted at a checkpoint solve the first stage's slope
+# f(t_n, y_n) exactly, where the stored run carried the last stage's slope, which meets it only to the
+# Newton tolerance: measured up to 4e-12 apart.)
+NEWTON_TIGHT = {"snes_rtol": 1e-13, "snes_atol": 1e-13, "snes_stol": 1e-16, "snes_max_it": 50,
+                "snes_linesearch_type": "basic"}
+IMPLICIT_CASES = [
+    ("beuler", {"step_size": 0.1, "jacobian": "batched"}),
+    ("cn", {"step_size": 0.1, "jacobian": "matrix_free"}),
+    ("theta", {"step_size": 0.1, "theta": 0.7}),
+    ("arkimex4", {"step_size": 0.1}),            # explicit first stage: start-slope solve at each restart
+    ("arkimex4", {"jacobian": "batched"}),       # adaptive: the schedule runs in the backward pass
+    ("dirkes324sal", {}),                        # stiffly accurate ESDIRK ('sal'), adaptive
+    ("dirks212", {"step_size": 0.1}),
+]
+
+
+@pytest.mark.parametrize("method, base", IMPLICIT_CASES)
+def test_implicit_gradients_equal_store_all_and_recompute_as_scheduled(method, base, mlp):
+    y0 = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.0, 0.35, 0.6, 1.0])
+    w = torch.randn(4, 3, 3, generator=torch.Generator().manual_seed(2))
+    base = {**base, "petsc": NEWTON_TIGHT}
+    ref, full = _grads(mlp, method, base, y0, t, w, rtol=1e-4, atol=1e-6)
+    got, stats = _grads(mlp, method, {**base, "checkpoints": 2}, y0, t, w, rtol=1e-4, atol=1e-6)
+    for a, b in zip(got, ref):
+        assert rel_err(a, b) < TOL
+    assert stats.steps == full.steps
+    # the binomial schedule's own dry run, plus (adaptive) the replay of the whole forward it starts with
+    replay = 0 if base.get("step_size") else full.steps
+    assert stats.recomputed_steps == predicted_forward_steps(CheckpointPolicy.parse(2), full.steps) \
+        - full.steps + replay
+    assert stats.peak_stored_states <= 3 < full.peak_stored_states
+
+
+def test_imex_gradients_equal_store_all_with_checkpoints(mlp):
+    from pnode.implicit import IMEXField
+
+    class Damping(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rates = torch.nn.Parameter(torch.tensor([1.0, 10.0, 40.0]))
+
+        def forward(self, t, y):
+            return -self.rates * y
+
+    field = IMEXField(implicit=Damping(), explicit=mlp)
+    y0, t, w = torch.randn(2, 3), torch.tensor([0.0, 0.3, 0.5]), torch.randn(3, 2, 3)
+    for base in ({"step_size": 0.05}, {}):
+        base = {**base, "petsc": NEWTON_TIGHT}
+        ref, full = _grads(field, "arkimex3", base, y0, t, w, rtol=1e-4, atol=1e-6)
+        got, stats = _grads(field, "arkimex3", {**base, "checkpoints": 2}, y0, t, w, rtol=1e-4, atol=1e-6)
+        for a, b in zip(got, ref):
+            assert rel_err(a, b) < TOL
+        assert stats.recomputed_steps > 0 and stats.steps == full.steps

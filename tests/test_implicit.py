@@ -311,3 +311,27 @@ def test_lagged_jacobian_refused_when_gradients_are_needed(mlp):
     assert rel_err(lagged, exact) < 1e-6   # both converge to the default snes tolerances
     with pytest.raises(pnode.InvalidArgumentError, match="snes_lag_jacobian"):
         pnode.odeint(mlp, y0, t, method="dirk", options=options)
+
+
+@pytest.mark.parametrize("method", ["arkimex4", "dirkes324sal"])
+def test_reused_solver_matches_a_new_one(method, mlp):
+    """Tableaux with an explicit first stage solve for its slope at each (re)started step; PETSc passes
+    that solve the previous solve's last stage time, which pnode corrects: before, a reused solver's
+    first step (and a new solver's, for t0 != 0) used f at the wrong time (~1e-3 off here)."""
+    y0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([0.3, 0.5, 0.8])
+    options = {"step_size": 0.1}
+
+    def run(solver):
+        y = y0.clone().requires_grad_()
+        ys = solver(y, t)
+        return [ys.detach(), *torch.autograd.grad(ys.pow(2).sum(), [y, *mlp.parameters()])]
+
+    reused = pnode.ODESolver(mlp, method=method, options=options)
+    with torch.no_grad():
+        reused(2 * y0, t + 1.0)          # leaves PETSc's stage time at 1.8
+    for a, b in zip(run(reused), run(pnode.ODESolver(mlp, method=method, options=options))):
+        assert rel_err(a, b) < 1e-14      # the same steps and Newton iterations: equal to rounding
+    # and the new solver is right: t0 = 0.3 is not the fresh TS's stage time 0
+    _directional_check(lambda: pnode.ODESolver(mlp, method=method, options={**options, "petsc": TIGHT}),
+                       y0, list(mlp.parameters()), t)

@@ -36,10 +36,15 @@ class Field(torch.nn.Module):
         here = RANK == FAILING
         if here and self.mode == "raise_forward" and float(t) > 0.3:
             raise Boom(f"func failed on rank {RANK} at t={float(t):.3f}")
-        if here and self.mode == "raise_backward" and torch.is_grad_enabled():
+        wrapped = torch._C._functorch.is_functorch_wrapped_tensor(y)   # inside torch.func (jacrev, jvp)
+        if here and self.mode == "raise_backward" and torch.is_grad_enabled() and not wrapped:
             raise Boom(f"func failed in a VJP on rank {RANK}")
         if here and self.mode == "nan_forward" and float(t) > 0.3:
             return y * float("nan")
+        if here and self.mode == "raise_jacobian" and wrapped:
+            raise Boom(f"func failed in a Jacobian on rank {RANK}")   # torch.func: Jacobian blocks or a JVP
+        if here and self.mode == "diverge":
+            return 4.0 * y * y        # backward Euler, h = 0.25, y0 = 2: y = 2 + y^2 has no real root
         return -self.k * y
 
 
@@ -55,15 +60,21 @@ def attempt(solver, field, mode, y0, t):
 
 
 def main():
-    y0 = torch.full((2 + RANK, 3), 1.0 + RANK)
+    y0 = torch.full((2 + RANK, 3), 1.0 + RANK)   # 2.0 on the failing rank
     t = torch.linspace(0.0, 1.0, 4)
     table = {}
     variants = {"rk4": ("rk4", {"step_size": 0.05}), "dopri5": ("dopri5", None),
-                "rk4_checkpointed": ("rk4", {"step_size": 0.05, "checkpoints": 2})}
+                "rk4_checkpointed": ("rk4", {"step_size": 0.05, "checkpoints": 2}),
+                "beuler_batched": ("beuler", {"step_size": 0.25, "jacobian": "batched"}),
+                "arkimex4_matrix_free": ("arkimex4", {"jacobian": "matrix_free"})}
+    implicit_modes = {"beuler": ("raise_jacobian", "diverge"),
+                      # adaptive steps chase the blow-up of "diverge" (t = 1/8) with ever smaller steps
+                      # (tens of seconds): its Newton failure on one rank is the fixed-step case's
+                      "arkimex4": ("raise_jacobian",)}
     for name, (method, options) in variants.items():
         field = Field()
         solver = pnode.ODESolver(field, method=method, options=options, comm=COMM)
-        for mode in ("raise_forward", "nan_forward", "raise_backward"):
+        for mode in ("raise_forward", "nan_forward", "raise_backward") + implicit_modes.get(method, ()):
             start = time.perf_counter()
             outcome = attempt(solver, field, mode, y0.clone().requires_grad_(), t)
             seconds = time.perf_counter() - start
