@@ -71,6 +71,11 @@ class JacobianStrategy:
         self.matrix = PETSc.Mat().createPython((size, size), self, comm=comm)
         self.matrix.setUp()
 
+    @classmethod
+    def build(cls, field: VectorField, n: int, comm, errors) -> JacobianStrategy:
+        """The strategy for ``field`` with ``n`` unknowns on this rank (raises for unsuited states)."""
+        return cls(field, n, comm, errors)
+
     # called from the IJacobian callback
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
         self.tau, self.shift, self.factor = tau, shift, 1.0
@@ -163,6 +168,16 @@ class BlockDiagonal(JacobianStrategy):
         self._lu: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eye = torch.eye(self.d, dtype=torch.float64)
 
+    @classmethod
+    def build(cls, field: VectorField, n: int, comm, errors) -> BlockDiagonal:
+        layout = field.layout
+        if layout.is_tuple or len(layout.shapes[0]) < 2:
+            raise InvalidArgumentError(
+                "options['jacobian']='batched' means the leading dimension of y0 is a batch of independent "
+                f"samples, so y0 must be one tensor of shape (batch, ...); got shapes {list(layout.shapes)}. "
+                "Use 'dense' or 'matrix_free' for other states")
+        return cls(field, n, comm, errors, n_blocks=layout.shapes[0][0])
+
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
         super().update(tau, x, shift)
         jac = self.field.jacobian_blocks(tau, self.x, self.n_blocks)
@@ -223,7 +238,22 @@ class _BlockLU:
             y.set(math.nan)
 
 
-JACOBIAN_STRATEGIES = ("matrix_free", "batched", "dense")
+class Dense(BlockDiagonal):
+    """The whole Jacobian as one block (reverse-mode rows), exact LU: small single-process states."""
+
+    name = "dense"
+
+    @classmethod
+    def build(cls, field: VectorField, n: int, comm, errors) -> Dense:
+        if comm.getSize() > 1:
+            raise InvalidArgumentError("options['jacobian']='dense' needs a single-process state; use "
+                                       "'matrix_free' or 'batched' with comm=")
+        return cls(field, n, comm, errors, n_blocks=1)
+
+
+# options['jacobian'] -> strategy class (each builds itself from the field and the state size)
+STRATEGIES: dict[str, type[JacobianStrategy]] = {cls.name: cls for cls in (MatrixFree, BlockDiagonal, Dense)}
+JACOBIAN_STRATEGIES = tuple(STRATEGIES)
 
 
 def make_strategy(name: str | None, field: VectorField, n: int, comm, errors) -> JacobianStrategy:
@@ -231,22 +261,4 @@ def make_strategy(name: str | None, field: VectorField, n: int, comm, errors) ->
     :data:`DENSE_LIMIT` unknowns and ``matrix_free`` above."""
     if name is None:
         name = "dense" if n <= DENSE_LIMIT else "matrix_free"
-    if name == "matrix_free":
-        return MatrixFree(field, n, comm, errors)
-    if name == "dense":
-        if comm.getSize() > 1:
-            raise InvalidArgumentError("options['jacobian']='dense' needs a single-process state; use "
-                                       "'matrix_free' or 'batched' with comm=")
-        strategy = BlockDiagonal(field, n, comm, errors, n_blocks=1)
-        strategy.name = "dense"
-        return strategy
-    if name == "batched":
-        layout = field.layout
-        if layout.is_tuple or len(layout.shapes[0]) < 2:
-            raise InvalidArgumentError(
-                "options['jacobian']='batched' means the leading dimension of y0 is a batch of independent "
-                f"samples, so y0 must be one tensor of shape (batch, ...); got shapes {list(layout.shapes)}. "
-                "Use 'dense' or 'matrix_free' for other states")
-        return BlockDiagonal(field, n, comm, errors, n_blocks=layout.shapes[0][0])
-    raise InvalidArgumentError(f"options['jacobian'] must be one of {', '.join(JACOBIAN_STRATEGIES)} "
-                               f"(or None for the default), got {name!r}")
+    return STRATEGIES[name].build(field, n, comm, errors)   # the name was checked by SolveOptions.parse

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from ._petsc import PETSc
 from .checkpointing import CheckpointPolicy
 from .errors import InvalidArgumentError
+from .jacobian import JACOBIAN_STRATEGIES
 
 _DOC = {
     "step_size": "fixed step size h (steps of h from t[0], shortened to land on every output time)",
@@ -22,7 +23,6 @@ _DOC = {
                 "64 unknowns, matrix_free above",
     "theta": "theta of method='theta' (default 0.5)",
 }
-_JACOBIANS = ("matrix_free", "batched", "dense")
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,10 @@ class SolveOptions:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise InvalidArgumentError(f"options['max_num_steps'] must be a positive int, got {max_steps!r}")
         jacobian = options.get("jacobian")
-        if jacobian is not None and jacobian not in _JACOBIANS:
-            raise InvalidArgumentError(f"options['jacobian'] must be one of {', '.join(map(repr, _JACOBIANS))} "
-                                       f"or None (default), got {jacobian!r}")
+        if jacobian is not None and jacobian not in JACOBIAN_STRATEGIES:
+            names = ", ".join(map(repr, JACOBIAN_STRATEGIES))
+            raise InvalidArgumentError(f"options['jacobian'] must be one of {names} or None (default), "
+                                       f"got {jacobian!r}")
         theta = _positive(options, "theta")
         if theta is not None and theta > 1:
             raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
