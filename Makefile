@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 OUT    ?= outputs
 MPIEXEC ?= mpiexec
 NP     ?= 2
-DEMO_ITERS ?= 30
+DEMO_ITERS ?= 60
 
 .PHONY: setup test demo demo-spiral demo-serial demo-robertson lint bench clean help
 
