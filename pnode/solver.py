@@ -43,7 +43,7 @@ _FIX_HINT = {
                               "a method suited to the problem (stiff systems need implicit methods)",
     "DIVERGED_NONLINEAR_SOLVE": "Newton diverged: try a smaller step or a better preconditioner",
 }
-_UNDERFLOW = 1e-13   # a step this small relative to the time cannot move it by more than ~1000 ulps
+_UNDERFLOW = 1e-13   # a step this small relative to the time moves it by at most ~500 ulps
 _SNES_REASONS = {v: k for k, v in vars(PETSc.SNES.ConvergedReason).items() if not k.startswith("_")}
 
 
@@ -246,7 +246,7 @@ class TSDriver:
             plan = fixed_step_times(taus, self.option_step or self.options.step_size)
         self._plan = plan
         runner = None
-        if keep_trajectory and self.lagged_jacobian:
+        if keep_trajectory and self.lagged_jacobian and self.method.implicit:
             raise InvalidArgumentError(
                 "-snes_lag_jacobian (lagged Newton Jacobians) is only allowed in solves without gradients "
                 "(torch.no_grad()): PETSc's adjoint would reuse lagged Jacobians; remove the option")
