@@ -335,3 +335,21 @@ def test_reused_solver_matches_a_new_one(method, mlp):
     # and the new solver is right: t0 = 0.3 is not the fresh TS's stage time 0
     _directional_check(lambda: pnode.ODESolver(mlp, method=method, options={**options, "petsc": TIGHT}),
                        y0, list(mlp.parameters()), t)
+
+
+def test_petsc_ksp_and_pc_options_override_the_strategy_defaults(mlp):
+    """GMRES + point Jacobi instead of the batched strategy's exact block LU: PETSc's options take
+    effect (Krylov iterations per Newton > 1, where the exact solve needs exactly 1) and the solution
+    is the same to the Krylov tolerance."""
+    y0 = torch.randn(4, 3, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([0.0, 0.5])
+    results = []
+    for petsc in ({}, {"ksp_type": "gmres", "pc_type": "jacobi", "ksp_rtol": 1e-12}):
+        solver = pnode.ODESolver(mlp, method="beuler", options={"step_size": 0.1, "jacobian": "batched",
+                                                                  "petsc": petsc}, adjoint_params=())
+        with torch.no_grad():
+            results.append((solver(y0, t), solver.stats))
+    (exact, s_exact), (jacobi, s_jacobi) = results
+    assert s_exact.krylov_iterations == s_exact.newton_iterations
+    assert s_jacobi.krylov_iterations > s_jacobi.newton_iterations
+    assert rel_err(jacobi, exact) < 1e-8    # both Newton solves stop at PETSc's default snes tolerances
