@@ -1,12 +1,13 @@
 """SINODE-style IMEX training on viscous Burgers: a stiff diffusion stencil (learnable viscosity) treated
-implicitly plus a convolutional network for the advection treated explicitly, with ARKIMEX.
+implicitly plus a learned flux (an MLP) for the transport treated explicitly, with ARKIMEX.
 
 Data: u_t = nu u_xx - u u_x on a periodic grid of 64 points, nu = 0.1 (cell Reynolds number below 2, so
 the central stencil resolves the steep fronts without wiggles), solved by pnode (arkimex3,
-exact split, rtol 1e-8).  Model: IMEXField(implicit=nu_theta * Laplacian, explicit=Conv1d network),
-trained for a few iterations; the plot compares data and model at the last time.
+exact split, rtol 1e-8).  Model: IMEXField(implicit=nu_theta * Laplacian, explicit=-d/dx MLP(u)),
+trained from pure diffusion (nu started at 0.25, zero flux); the plot compares data and model at the last
+time.
 
-    python examples/imex_burgers.py --iters 20 --out outputs
+    python examples/imex_burgers.py --iters 80 --out outputs     (about 1 minute; learns nu to ~2%)
 """
 
 from __future__ import annotations
@@ -42,20 +43,23 @@ class Advection(nn.Module):
         return -u * (torch.roll(u, -1, -1) - torch.roll(u, 1, -1)) / (2 * DX)
 
 
-class LearnedAdvection(nn.Module):
+class LearnedFlux(nn.Module):
+    """Transport in conservation form, -d/dx F(u), with the flux F a small MLP of u (true F = u^2 / 2)."""
+
     def __init__(self, width: int = 16):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv1d(2, width, 3, padding=1, padding_mode="circular"), nn.Tanh(),
-                                 nn.Conv1d(width, 1, 3, padding=1, padding_mode="circular")).double()
+        self.net = nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Linear(width, 1)).double()
+        nn.init.zeros_(self.net[2].weight)     # start as pure diffusion: training adds the transport
+        nn.init.zeros_(self.net[2].bias)
 
     def forward(self, t, u):
-        features = torch.stack([u, u * u], dim=-2)       # (batch, 2, N)
-        return self.net(features).squeeze(-2) / DX
+        flux = self.net(u.unsqueeze(-1)).squeeze(-1)
+        return -(torch.roll(flux, -1, -1) - torch.roll(flux, 1, -1)) / (2 * DX)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=80)
     parser.add_argument("--out", default="outputs")
     args, _ = parser.parse_known_args(argv)
     torch.manual_seed(0)
@@ -67,9 +71,9 @@ def main(argv=None):
     with torch.no_grad():
         data = pnode.odeint(truth, u0, t, method="arkimex3", rtol=1e-8, atol=1e-10)
 
-    model = pnode.IMEXField(implicit=Diffusion(0.25), explicit=LearnedAdvection())
+    model = pnode.IMEXField(implicit=Diffusion(0.25), explicit=LearnedFlux())
     solver = pnode.ODESolver(model, method="arkimex3", rtol=1e-5, atol=1e-7, options={"jacobian": "batched"})
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
     losses = []
     start = time.perf_counter()
     for it in range(1, args.iters + 1):
@@ -92,7 +96,8 @@ def main(argv=None):
     for b in range(2):
         axes[0].plot(x, data[-1, b], "-", color=f"C{b}", label=f"data, sample {b}")
         axes[0].plot(x, pred.detach()[-1, b], "--", color=f"C{b}", label=f"IMEX model, sample {b}")
-    axes[0].set(title=f"Burgers at t={float(t[-1]):g}", xlabel="x")
+    nu = math.exp(model.implicit.log_nu.item())
+    axes[0].set(title=f"Burgers at t={float(t[-1]):g}; learned nu {nu:.4f} (true 0.1)", xlabel="x")
     axes[0].legend(fontsize=8)
     axes[1].semilogy(losses)
     axes[1].set(title="training loss", xlabel="iteration")
