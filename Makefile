@@ -6,13 +6,14 @@ MPIEXEC ?= mpiexec
 NP     ?= 2
 DEMO_ITERS ?= 60
 
-.PHONY: setup test demo demo-spiral demo-serial demo-robertson lint bench clean help
+.PHONY: setup test demo demo-spiral demo-serial demo-robertson demo-imex lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
 	@echo "make demo   - set up (if needed) and train a neural ODE on stiff Robertson kinetics on $(NP) MPI ranks"
 	@echo "              (implicit arkimex4, batched Jacobians; progress, checkpoints, $(OUT)/robertson_mpi.png)"
 	@echo "make demo-robertson - the same task for one trajectory in one process ($(OUT)/robertson.png)"
+	@echo "make demo-imex - SINODE-style IMEX training on viscous Burgers (arkimex3), writing $(OUT)/imex_burgers.png"
 	@echo "make demo-spiral - the spiral neural ODE (explicit dopri5) on $(NP) MPI ranks through pnode-train"
 	@echo "make demo-serial - the spiral trained by examples/spiral.py in one process"
 	@echo "make lint   - ruff"
@@ -38,6 +39,9 @@ demo-serial: setup
 
 demo-robertson: setup
 	$(PY) examples/robertson.py --out $(OUT)
+
+demo-imex: setup
+	$(PY) examples/imex_burgers.py --out $(OUT)
 
 lint: setup
 	$(PY) -m ruff check pnode tests examples benchmarks
