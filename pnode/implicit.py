@@ -147,15 +147,7 @@ class ImplicitProblem:
 
     @_guarded()
     def ijacobian(self, ts, t, X, Xdot, shift, A, P):
-        if self.poison and self.errors.error is not None:
-            self.strategy.poison_products()     # this rank failed before: NaN, not another call of func
-            return
-        try:
-            self.strategy.update(self._stage_time(ts, t, X, Xdot), X.getArray(readonly=True), shift)
-        except BaseException:
-            if self.poison:
-                self.strategy.poison_products()
-            raise
+        self.strategy.update(self._stage_time(ts, t, X, Xdot), X.getArray(readonly=True), shift)
 
     # --- adjoint -------------------------------------------------------------------------------
     @_guarded()

@@ -18,14 +18,12 @@ options database, so ``-ksp_type``, ``-pc_type``, ``-ksp_rtol``, ``-snes_*`` sti
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from ._petsc import PETSc
 from .errors import InvalidArgumentError
-from .problem import VectorField
+from .problem import VectorField, _guarded
 
 DENSE_LIMIT = 64   # the default strategy is dense up to this many unknowns, matrix-free above
 
@@ -65,7 +63,6 @@ class JacobianStrategy:
         self.tau = 0.0
         self.x = torch.zeros(n, dtype=torch.float64)
         self.poison = comm.getSize() > 1    # see problem._guarded: under MPI a failure writes NaN, not raise
-        self.poisoned = False
         # n rows on this rank; PETSc sums the ranks' rows into the global size (a distributed state)
         size = (n, PETSc.DECIDE)
         self.matrix = PETSc.Mat().createPython((size, size), self, comm=comm)
@@ -79,13 +76,7 @@ class JacobianStrategy:
     # called from the IJacobian callback
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
         self.tau, self.shift, self.factor = tau, shift, 1.0
-        self.poisoned = False
         self.x.copy_(torch.from_numpy(x))
-
-    def poison_products(self) -> None:
-        """After a failure on this rank (MPI): every product and solve writes NaN until the next update,
-        so Newton fails on every rank together instead of this rank leaving a collective."""
-        self.poisoned = True
 
     def configure(self, ksp) -> None:
         """Set the Krylov method and preconditioner (before PETSc reads the options database)."""
@@ -102,29 +93,21 @@ class JacobianStrategy:
         zero.setUp()
         return zero
 
+    @_guarded(output=2)
     def mult(self, mat, x, y):
         self._apply(x, y, transpose=False)
 
+    @_guarded(output=2)
     def multTranspose(self, mat, x, y):  # noqa: N802
         self._apply(x, y, transpose=True)
 
     def _apply(self, x, y, transpose: bool) -> None:
-        try:
-            if self.poisoned:
-                y.set(math.nan)
-                return
-            v = torch.from_numpy(x.getArray(readonly=True))
-            out = torch.from_numpy(y.getArray())
-            out.copy_(self._product(v, transpose))
-            if self.factor != 1.0:
-                out.mul_(self.factor)
-            y.stateIncrease()
-        except BaseException as error:  # noqa: BLE001 - re-raised by the solver as itself
-            self.errors.record(error)
-            if not self.poison:
-                raise
-            self.poisoned = True
-            y.set(math.nan)
+        v = torch.from_numpy(x.getArray(readonly=True))
+        out = torch.from_numpy(y.getArray())
+        out.copy_(self._product(v, transpose))
+        if self.factor != 1.0:
+            out.mul_(self.factor)
+        y.stateIncrease()
 
     def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -214,28 +197,20 @@ class _BlockLU:
 
     def __init__(self, strategy: BlockDiagonal):
         self.strategy = strategy
+        self.poison, self.errors = strategy.poison, strategy.errors   # for _guarded
 
+    @_guarded(output=2)
     def apply(self, pc, x, y):
         self._solve(x, y, transpose=False)
 
+    @_guarded(output=2)
     def applyTranspose(self, pc, x, y):  # noqa: N802
         self._solve(x, y, transpose=True)
 
     def _solve(self, x, y, transpose: bool) -> None:
-        strategy = self.strategy
-        try:
-            if strategy.poisoned:
-                y.set(math.nan)
-                return
-            out = torch.from_numpy(y.getArray())
-            out.copy_(strategy._block_solve(torch.from_numpy(x.getArray(readonly=True)), transpose))
-            y.stateIncrease()
-        except BaseException as error:  # noqa: BLE001
-            strategy.errors.record(error)
-            if not strategy.poison:
-                raise
-            strategy.poisoned = True
-            y.set(math.nan)
+        out = torch.from_numpy(y.getArray())
+        out.copy_(self.strategy._block_solve(torch.from_numpy(x.getArray(readonly=True)), transpose))
+        y.stateIncrease()
 
 
 class Dense(BlockDiagonal):

@@ -45,16 +45,17 @@ def _guarded(output: int | None = None):
     """Record any exception a callback raises before PETSc turns it into error 101.
 
     In poison mode (distributed solves) the callback does not raise: it records the exception and fills
-    its output Vec (argument ``output``; a Jacobian callback poisons its matrix's products instead) with
-    NaN, so PETSc's global norms stop every rank together
-    instead of leaving the others waiting in a collective; once a rank has failed, later calls on it
-    only write NaN (the user's function is not called again on garbage).
+    its output Vec (argument ``output``, if it has one) with NaN, so PETSc's global norms stop every rank
+    together instead of leaving the others waiting in a collective.  Once a rank has failed, later calls
+    on it only write NaN (the user's function is not called again on garbage): callbacks that merely
+    record a point (Jacobian evaluations) are skipped, and the Jacobian's products, guarded too, give NaN.
     """
 
     def decorate(method):
         def wrapper(self, *args):
-            if self.poison and output is not None and self.errors.error is not None:
-                args[output].set(math.nan)
+            if self.poison and self.errors.error is not None:
+                if output is not None:
+                    args[output].set(math.nan)
                 return None
             try:
                 return method(self, *args)
@@ -62,7 +63,7 @@ def _guarded(output: int | None = None):
                 self.errors.record(error)
                 if not self.poison:
                     raise
-                if output is not None:   # callbacks without an output poison their own products
+                if output is not None:
                     args[output].set(math.nan)
                 return None
 

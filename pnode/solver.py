@@ -233,6 +233,10 @@ class TSDriver:
 
         ``keep_trajectory`` prepares the backward pass: the whole trajectory in memory, or with
         ``options["checkpoints"]`` what the schedule stores.  ``plan`` replays recorded step times."""
+        if keep_trajectory and self.lagged_jacobian and self.method.implicit:
+            raise InvalidArgumentError(
+                "-snes_lag_jacobian (lagged Newton Jacobians) is only allowed in solves without gradients "
+                "(torch.no_grad()): PETSc's adjoint would reuse lagged Jacobians; remove the option")
         ts = self.ts
         self._token += 1
         self._taus = taus
@@ -246,10 +250,6 @@ class TSDriver:
             plan = fixed_step_times(taus, self.option_step or self.options.step_size)
         self._plan = plan
         runner = None
-        if keep_trajectory and self.lagged_jacobian and self.method.implicit:
-            raise InvalidArgumentError(
-                "-snes_lag_jacobian (lagged Newton Jacobians) is only allowed in solves without gradients "
-                "(torch.no_grad()): PETSc's adjoint would reuse lagged Jacobians; remove the option")
         checkpointed = keep_trajectory and self.checkpoints is not None
         self._trajectory_token = None
         if len(taus) > 1 and checkpointed and plan is not None:
