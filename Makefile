@@ -6,7 +6,7 @@ MPIEXEC ?= mpiexec
 NP     ?= 2
 DEMO_ITERS ?= 60
 
-.PHONY: setup test demo demo-spiral demo-serial demo-robertson demo-imex lint bench clean help
+.PHONY: setup test docs demo demo-spiral demo-serial demo-robertson demo-imex lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
@@ -16,6 +16,8 @@ help:
 	@echo "make demo-imex - SINODE-style IMEX training on viscous Burgers (arkimex3), writing $(OUT)/imex_burgers.png"
 	@echo "make demo-spiral - the spiral neural ODE (explicit dopri5) on $(NP) MPI ranks through pnode-train"
 	@echo "make demo-serial - the spiral trained by examples/spiral.py in one process"
+	@echo "make docs   - set up (if needed) and build the documentation site into docs/_build/html"
+	@echo "              (warnings are errors; every local link and image is checked)"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run benchmarks/ (tables written to benchmarks/results/)"
 
@@ -24,6 +26,14 @@ setup:
 
 test: setup
 	$(PY) -m pytest tests
+
+# the documentation site: warnings are errors, then every local link and image of the HTML is checked
+# (external links are not fetched). -E: a fresh environment each time, so a removed page cannot linger.
+DOCS_OUT ?= docs/_build/html
+docs:
+	@PNODE_VENV=$(VENV) bash scripts/bootstrap.sh --docs
+	$(PY) -m sphinx -E -q -W --keep-going -b html docs $(DOCS_OUT)
+	$(PY) docs/check_links.py $(DOCS_OUT)
 
 # the main job: data-parallel training of a stiff neural ODE under MPI through the pnode-train driver
 demo: setup
@@ -52,4 +62,4 @@ bench: setup
 	$(PY) benchmarks/stiff.py --threads 1
 
 clean:
-	rm -rf $(OUT) .pytest_cache .ruff_cache benchmarks/results
+	rm -rf $(OUT) .pytest_cache .ruff_cache benchmarks/results docs/_build

@@ -25,7 +25,34 @@ from .training import Trainer, TrainingTask
 
 
 def load_setup(script: str):
-    """The ``setup`` function of a training script given by its path."""
+    """Import a training script by its path and return its ``setup`` function.
+
+    Parameters
+    ----------
+    script : str
+        Path of a Python file defining ``setup(argv, comm) -> pnode.training.TrainingTask``.  Its folder
+        is put on ``sys.path`` first, so it can import modules beside it.
+
+    Returns
+    -------
+    callable
+        The script's ``setup``.
+
+    Raises
+    ------
+    SystemExit
+        When the file does not exist or defines no callable ``setup``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from pnode.cli import load_setup
+    >>> folder = tempfile.mkdtemp()
+    >>> with open(os.path.join(folder, "train.py"), "w") as handle:
+    ...     _ = handle.write("def setup(argv, comm):\n    return argv\n")
+    >>> load_setup(os.path.join(folder, "train.py"))(["--lr", "0.1"], None)
+    ['--lr', '0.1']
+    """
     if not os.path.isfile(script):
         raise SystemExit(f"pnode-train: training script {script!r} not found")
     spec = importlib.util.spec_from_file_location("pnode_training_script", script)
@@ -40,6 +67,21 @@ def load_setup(script: str):
 
 
 def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pnode-train`` (the arguments before ``--``).
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        ``script``, ``--iterations`` (required), ``--checkpoint``, ``--checkpoint-every`` (default 50),
+        ``--resume``, ``--log-every`` (default 1).
+
+    Examples
+    --------
+    >>> from pnode.cli import parser
+    >>> args = parser().parse_args(["train.py", "--iterations", "10", "--resume"])
+    >>> args.iterations, args.resume, args.checkpoint_every
+    (10, True, 50)
+    """
     p = argparse.ArgumentParser(prog="pnode-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("script", help="training script defining setup(argv, comm) -> TrainingTask")
@@ -52,6 +94,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pnode-train``: load the script's task and train it with :class:`~pnode.training.Trainer`.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        The command line without the program name (default ``sys.argv[1:]``): ``pnode-train``'s own
+        arguments, then ``--`` and the script's arguments (which PETSc also reads).
+
+    Returns
+    -------
+    int
+        The exit status: 0 when all iterations ran, 143 when SIGTERM stopped the run after a checkpoint
+        (requeue it), 1 after an error in one process.  Under MPI an error on any rank aborts every rank
+        (``MPI_Abort``) after printing its traceback, so a batch job never hangs until its time limit.
+
+    Examples
+    --------
+    Usually run from the shell::
+
+        mpiexec -n 2 pnode-train examples/train_spiral.py --iterations 100 \\
+            --checkpoint runs/spiral.pt --checkpoint-every 20 --resume -- --batch-size 256
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args = argv[argv.index("--") + 1:] if "--" in argv else []
     ours = argv[:argv.index("--")] if "--" in argv else argv

@@ -9,21 +9,60 @@ from dataclasses import asdict, dataclass, fields
 class SolveStats:
     """Counters and timings of the latest forward solve and, once run, its backward pass.
 
-    steps / rejected_steps: accepted and rejected time steps of the forward solve.
-    rhs_evals: evaluations of the vector field (forward, plus re-solves and dL/dt evaluations).
-    vjp_evals: autograd passes giving the state and parameter VJPs together (one per stage per step).
-    vjp_fallbacks: parameter VJPs that could not reuse the fused pass (should stay 0; see problem.py).
-    jvp_evals: Jacobian-vector products (implicit methods, matrix-free Newton-Krylov).
-    jacobian_assemblies: Jacobian evaluations (dense or per-sample blocks; each Newton iteration of the
-        assembled strategies, and each stage of the adjoint).
-    newton_iterations / krylov_iterations: nonlinear and linear iterations of the forward solve.
-    nonlinear_solve_failures: Newton solves that failed (the step was then retried with a smaller step).
-    forward_time / backward_time: wall-clock seconds.
-    checkpoints_ram / checkpoints_disk: states the checkpointing schedule wrote (options["checkpoints"]).
-    recomputed_steps: forward steps re-run to serve the adjoint (checkpointing, or a replayed trajectory).
-    peak_stored_states: most solution states held at once for the adjoint (checkpoints plus the steps in
-        PETSc's trajectory; without checkpointing, every step).
-    method / ts_type: what PETSc actually ran (command-line options may override the Python choice).
+    Every :class:`~pnode.ODESolver` holds one as ``solver.stats``, refreshed by each call;
+    :func:`pnode.last_stats` returns the one of the latest :func:`~pnode.odeint` call.
+
+    Attributes
+    ----------
+    method : str
+        The method that ran, in pnode's naming (command-line options may override the Python choice).
+    ts_type : str
+        PETSc's TS type that ran.
+    steps : int
+        Accepted time steps of the forward solve.
+    rejected_steps : int
+        Rejected time steps of the forward solve.
+    rhs_evals : int
+        Evaluations of the vector field (forward, plus re-solves and ``dL/dt`` evaluations).
+    vjp_evals : int
+        Autograd passes giving the state and parameter VJPs together (one per stage per step).
+    vjp_fallbacks : int
+        Parameter VJPs that could not reuse the fused pass (should stay 0).
+    jvp_evals : int
+        Jacobian-vector products (implicit methods, matrix-free Newton-Krylov).
+    jacobian_assemblies : int
+        Jacobian evaluations (dense or per-sample blocks; each Newton iteration of the assembled
+        strategies, and each stage of the adjoint).
+    newton_iterations : int
+        Nonlinear iterations of the forward solve.
+    krylov_iterations : int
+        Linear iterations of the forward solve.
+    nonlinear_solve_failures : int
+        Newton solves that failed (the step was then retried with a smaller step).
+    forward_time : float
+        Wall-clock seconds of the forward solve.
+    backward_time : float
+        Wall-clock seconds of the backward pass.
+    checkpoints_ram : int
+        States the checkpointing schedule wrote to memory (``options["checkpoints"]``).
+    checkpoints_disk : int
+        States the checkpointing schedule wrote to disk.
+    recomputed_steps : int
+        Forward steps re-run to serve the adjoint (checkpointing, or a replayed trajectory).
+    peak_stored_states : int
+        Most solution states held at once for the adjoint (checkpoints plus the steps in PETSc's
+        trajectory; without checkpointing, every step).
+
+    Examples
+    --------
+    >>> import torch, pnode
+    >>> solver = pnode.ODESolver(lambda t, y: -y, method="rk4", options={"step_size": 0.1})
+    >>> with torch.no_grad():
+    ...     _ = solver(torch.ones(3, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    >>> solver.stats.steps, solver.stats.rhs_evals
+    (10, 40)
+    >>> solver.stats.as_dict()["method"]
+    'rk4'
     """
 
     method: str = ""
@@ -46,11 +85,19 @@ class SolveStats:
     peak_stored_states: int = 0
 
     def reset_forward(self, method: str, ts_type: str) -> None:
+        """Zero every counter before a new forward solve of ``method`` (PETSc type ``ts_type``)."""
         for f in fields(self):
             setattr(self, f.name, f.default)
         self.method, self.ts_type = method, ts_type
 
     def as_dict(self) -> dict:
+        """The statistics as a plain ``dict`` (field name -> value), e.g. for logging.
+
+        Returns
+        -------
+        dict
+            One entry per attribute.
+        """
         return asdict(self)
 
     def __str__(self) -> str:

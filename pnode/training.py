@@ -33,21 +33,48 @@ import torch
 from .distributed import allreduce_gradients, mpi_comm
 from .errors import InvalidArgumentError
 
-STOPPED_BY_SIGNAL = 143   # exit status of a run stopped by SIGTERM after its checkpoint (128 + 15)
+#: Exit status of a run that SIGTERM stopped after its checkpoint (128 + 15): requeue it with ``--resume``.
+STOPPED_BY_SIGNAL = 143
 
 
 @dataclass
 class TrainingTask:
-    """What a training script hands to :class:`Trainer`.
+    """What a training script hands to :class:`Trainer` (``setup(argv, comm)`` returns one).
 
-    model / optimizer: replicated on every rank (same initial values everywhere).
-    loss: ``loss(iteration) -> Tensor``, this rank's share of the global loss for that iteration
-        (1-based); it must run the same pnode solves on every rank.
-    generator: the ``torch.Generator`` the data sampling draws from (saved and restored per rank).
-    solver: an ``ODESolver`` whose step count is reported (optional).
-    outside_params: parameters used outside pnode solves, whose gradients are summed over ranks.
-    report: ``report(iteration, losses)``, called on rank 0 every ``report_every`` iterations and at the
-        end (plots, test errors); optional.
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, replicated on every rank (same initial values everywhere: seed before building it).
+    optimizer : torch.optim.Optimizer
+        Its optimizer.
+    loss : callable
+        ``loss(iteration) -> Tensor``: this rank's share of the global loss for that iteration (1-based),
+        e.g. its samples' summed error divided by the global batch size.  It must run the same pnode
+        solves on every rank.
+    generator : torch.Generator, optional
+        The generator the data sampling draws from; saved and restored per rank with the checkpoint.
+    solver : pnode.ODESolver, optional
+        A solver whose step count the progress lines report.
+    outside_params : sequence of torch.Tensor, optional
+        Parameters used outside pnode solves (an encoder, a decoder), whose gradients are summed over
+        the ranks before the optimizer step.  Do not list the vector field's parameters: pnode already
+        returns their summed gradient.
+    report : callable, optional
+        ``report(iteration, losses)``, called on rank 0 every ``report_every`` iterations and at the end
+        (plots, test errors).
+    report_every : int, optional
+        Iterations between ``report`` calls (0: only at the end).
+
+    Examples
+    --------
+    >>> import torch, pnode
+    >>> from pnode.training import TrainingTask
+    >>> func = torch.nn.Linear(2, 2).double()
+    >>> solver = pnode.ODESolver(lambda t, y: func(y), method="rk4", adjoint_params=tuple(func.parameters()))
+    >>> y0 = torch.ones(4, 2, dtype=torch.float64)
+    >>> t = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    >>> task = TrainingTask(model=func, optimizer=torch.optim.SGD(func.parameters(), lr=0.1),
+    ...                     loss=lambda iteration: solver(y0, t)[-1].pow(2).mean(), solver=solver)
     """
 
     model: torch.nn.Module
@@ -62,13 +89,72 @@ class TrainingTask:
 
 @dataclass
 class TrainingLog:
-    """Losses and step counts so far (saved in the checkpoint)."""
+    """Losses and step counts so far (saved in the checkpoint).
+
+    Attributes
+    ----------
+    losses : list of float
+        The global loss of every iteration run so far.
+    steps : list of int
+        The solver's accepted steps at every iteration (0 without a ``TrainingTask.solver``).
+    """
 
     losses: list[float] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
 
 
 class Trainer:
+    """Run a :class:`TrainingTask` for a number of iterations, resumably, on every rank of ``comm``.
+
+    Each iteration zeroes the gradients, calls ``task.loss(iteration)``, runs its backward pass, sums
+    the gradients of ``task.outside_params`` over the ranks and steps the optimizer; one small allreduce
+    then gives the global loss and whether any rank received SIGTERM.
+
+    Parameters
+    ----------
+    task : TrainingTask
+        What to train.
+    iterations : int
+        Total number of iterations (a resumed run continues up to this count).
+    comm : mpi4py communicator, optional
+        The ranks that train together (default ``MPI.COMM_WORLD``).
+    checkpoint : str, optional
+        Checkpoint file, written by rank 0 to a temporary file and renamed over the old one.
+    checkpoint_every : int, optional
+        Iterations between checkpoints (one is also written at the end and when stopped by SIGTERM).
+    resume : bool, optional
+        Continue from ``checkpoint`` when the file exists, start fresh otherwise.
+    log_every : int, optional
+        Iterations between progress lines on rank 0.
+    printer : callable, optional
+        Where progress lines go (default :func:`print`).
+
+    Raises
+    ------
+    pnode.InvalidArgumentError
+        For a non-positive ``iterations`` or ``checkpoint_every``, ``resume`` without a ``checkpoint``,
+        or (in :meth:`run`) a checkpoint written by a different number of ranks.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch, pnode
+    >>> from pnode.training import Trainer, TrainingTask
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> func = torch.nn.Linear(2, 2).double()
+    >>> solver = pnode.ODESolver(lambda t, y: func(y), method="rk4", adjoint_params=tuple(func.parameters()))
+    >>> y0 = torch.ones(4, 2, dtype=torch.float64)
+    >>> t = torch.tensor([0.0, 0.5], dtype=torch.float64)
+    >>> task = TrainingTask(model=func, optimizer=torch.optim.SGD(func.parameters(), lr=0.1),
+    ...                     loss=lambda iteration: solver(y0, t)[-1].pow(2).mean(), solver=solver)
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.pt")
+    >>> lines = []
+    >>> Trainer(task, 3, checkpoint=path, checkpoint_every=2, printer=lines.append).run()
+    0
+    >>> len(lines), lines[-1].split()[:2], os.path.exists(path)
+    (3, ['iter', '3/3'], True)
+    """
+
     def __init__(self, task: TrainingTask, iterations: int, *, comm=None, checkpoint: str | None = None,
                  checkpoint_every: int = 50, resume: bool = False, log_every: int = 1,
                  printer: Callable[[str], None] = print):
@@ -93,7 +179,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ public
     def run(self) -> int:
-        """Train; returns 0 when all iterations ran, :data:`STOPPED_BY_SIGNAL` when SIGTERM stopped it."""
+        """Train from the first iteration not yet done (after a checkpoint, with ``resume``).
+
+        Returns
+        -------
+        int
+            0 when all iterations ran, :data:`STOPPED_BY_SIGNAL` (143) when SIGTERM stopped the run
+            after a checkpoint.
+        """
         if self.resume and self._checkpoint_exists():
             self._load()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -180,8 +273,27 @@ class Trainer:
 
 
 def save_atomically(state: dict, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``:
-    readers see the old checkpoint or the new one, never a partial file."""
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over ``path``.
+
+    Readers see the old checkpoint or the new one, never a partial file, even when the job is killed
+    while writing.
+
+    Parameters
+    ----------
+    state : dict
+        What to save (anything :func:`torch.save` accepts).
+    path : str
+        The checkpoint file; its folder is created if missing.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from pnode.training import save_atomically
+    >>> path = os.path.join(tempfile.mkdtemp(), "run", "state.pt")
+    >>> save_atomically({"iteration": 7}, path)
+    >>> torch.load(path)["iteration"]
+    7
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")

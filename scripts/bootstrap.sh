@@ -4,7 +4,16 @@
 #   PETSC_DIR/PETSC_ARCH set  -> use that PETSc (module-provided), build only petsc4py against it.
 #   otherwise                 -> build PETSc 3.26 + petsc4py from PyPI into .venv (about 14 minutes once;
 #                                pip caches the wheel, so later machines reuse it).
+#   --docs                    -> also the documentation tools (the ``docs`` extra; ``make docs`` passes it).
 set -euo pipefail
+
+WITH_DOCS=0
+for arg in "$@"; do
+    case "$arg" in
+        --docs) WITH_DOCS=1 ;;
+        *) echo "[bootstrap] unknown argument $arg (expected --docs)" >&2; exit 2 ;;
+    esac
+done
 
 cd "$(dirname "$0")/.."
 VENV=${PNODE_VENV:-.venv}
@@ -90,5 +99,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 else
     step "pnode installed"
+fi
+
+# 8. The documentation tools (make docs only), from the ``docs`` extra; skipped once they import and
+#    pyproject.toml has not changed since.
+if [ "$WITH_DOCS" = 1 ]; then
+    docs_stamp="$VENV/.pnode-docs-installed"
+    if [ ! -f "$docs_stamp" ] || [ pyproject.toml -nt "$docs_stamp" ] || ! have "import sphinx, myst_parser, furo"; then
+        step "installing the documentation tools (pnode[docs])"
+        pip_install -e ".[docs]"
+        touch "$docs_stamp"
+    else
+        step "documentation tools installed"
+    fi
 fi
 step "ready: $VPY"

@@ -1,0 +1,50 @@
+"""Sphinx configuration of pnode's documentation site (``make docs`` builds it into docs/_build/html)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Build against this checkout's pnode, whatever is installed in the environment.
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "pnode"
+author = "pnode developers"
+copyright = "2026, pnode developers"   # noqa: A001 - Sphinx's name
+release = "0.1.0"
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "myst_parser",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+
+# MyST: anchors for headings down to ### so that [text](page.md#a-heading) links resolve (and are checked).
+myst_heading_anchors = 3
+myst_enable_extensions = ["colon_fence", "deflist"]
+# docs/benchmarks.md is appended to by benchmark scripts and several people: a skipped heading level there
+# must not fail the build (every other warning does: -W).
+suppress_warnings = ["myst.header"]
+
+# NumPy-style docstrings.
+napoleon_google_docstring = False
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+napoleon_attr_annotations = True
+
+autodoc_default_options = {"member-order": "bysource"}
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_preserve_defaults = True
+autodoc_class_signature = "separated"
+
+html_theme = "furo"
+html_title = "pnode"
+html_static_path = ["_static"]
+html_show_sourcelink = False
+html_copy_source = False
+pygments_style = "friendly"
