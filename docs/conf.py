@@ -45,6 +45,9 @@ autodoc_class_signature = "separated"
 html_theme = "furo"
 html_title = "pnode"
 html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_show_sourcelink = False
 html_copy_source = False
 pygments_style = "friendly"
+# "--iters" stays two hyphens and quotes stay straight: the pages are full of command lines.
+smartquotes = False

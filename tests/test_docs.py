@@ -271,3 +271,45 @@ def test_docstring_examples_run():
     finally:
         torch.set_default_dtype(previous_dtype)
     assert ran > 0
+
+
+# ---------------------------------------------------------------------------- the gallery
+GALLERY = os.path.join(DOCS, "gallery")
+EXAMPLES = os.path.join(REPO, "examples")
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_gallery_has_a_page_per_example():
+    """Every examples/*.py has docs/gallery/<name>.md with its command, a figure that exists and its run time,
+    and the gallery index lists it."""
+    with open(os.path.join(GALLERY, "index.md"), encoding="utf-8") as handle:
+        index = handle.read()
+    problems = []
+    for script in sorted(f for f in os.listdir(EXAMPLES) if f.endswith(".py")):
+        name = script[:-3]
+        page = os.path.join(GALLERY, f"{name}.md")
+        if not os.path.isfile(page):
+            problems.append(f"no page docs/gallery/{name}.md for examples/{script}")
+            continue
+        with open(page, encoding="utf-8") as handle:
+            text = handle.read()
+        images = IMAGE.findall(text)
+        if f"examples/{script}" not in text:
+            problems.append(f"{name}.md does not give the command (examples/{script})")
+        if not images:
+            problems.append(f"{name}.md has no figure")
+        for image in images:
+            if not os.path.isfile(os.path.normpath(os.path.join(GALLERY, image))):
+                problems.append(f"{name}.md: missing image {image}")
+        if "Run time here" not in text:
+            problems.append(f"{name}.md does not state its run time here")
+        if not re.search(rf"^{re.escape(name)}$", index, re.M):
+            problems.append(f"docs/gallery/index.md does not list {name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_committed_images_are_small():
+    folder = os.path.join(DOCS, "_static", "gallery")
+    sizes = {f: os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".png")}
+    assert sizes, "no gallery images"
+    assert all(size < 200_000 for size in sizes.values()), sizes
