@@ -43,6 +43,8 @@ class SolveStats:
         Wall-clock seconds of the forward solve.
     backward_time : float
         Wall-clock seconds of the backward pass.
+    communication_time : float
+        Seconds of those spent in pnode's own MPI collectives (0 on one rank).
     checkpoints_ram : int
         States the checkpointing schedule wrote to memory (``options["checkpoints"]``).
     checkpoints_disk : int
@@ -79,6 +81,7 @@ class SolveStats:
     nonlinear_solve_failures: int = 0
     forward_time: float = 0.0
     backward_time: float = 0.0
+    communication_time: float = 0.0
     checkpoints_ram: int = 0
     checkpoints_disk: int = 0
     recomputed_steps: int = 0
