@@ -1,18 +1,24 @@
-"""Check that every local link and image of the built HTML site resolves: ``python docs/check_links.py DIR``.
+"""Check the built HTML site: ``python docs/check_links.py DIR``.
 
-External links (``http:``, ``https:``, ``mailto:``, ...) are not fetched: the build machines have no
-internet.  A local ``href``/``src`` must name an existing file, and a ``#fragment`` must name an ``id``
-(or ``<a name>``) in the target page.  Exit status 1 lists every broken link with the page it is on.
+* Every local link and image resolves.  External links (``http:``, ``https:``, ``mailto:``, ...) are not
+  fetched: the build machines have no internet.  A local ``href``/``src`` must name an existing file, and
+  a ``#fragment`` must name an ``id`` (or ``<a name>``) in the target page.
+* No page shows raw reStructuredText (``.. autofunction::``, ``:param x:``): the sign of an autodoc
+  directive whose output was parsed as Markdown, which Sphinx itself does not warn about.
+
+Exit status 1 lists every problem with the page it is on.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from html.parser import HTMLParser
 from urllib.parse import unquote, urlsplit
 
 EXTERNAL_SCHEMES = {"http", "https", "mailto", "ftp", "data", "javascript", "tel"}
+RAW_RST = re.compile(r"\.\. (?:py:|auto)\w+::|:param \w+:|:rtype:|\.\. rubric::")
 
 
 class _Page(HTMLParser):
@@ -20,8 +26,20 @@ class _Page(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.links: list[tuple[str, str]] = []     # (attribute, value)
         self.anchors: set[str] = set()
+        self.text: list[str] = []                  # visible text outside <pre> (code may quote reST)
+        self._pre = 0
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "pre":
+            self._pre -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._pre:
+            self.text.append(data)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "pre":
+            self._pre += 1
         values = dict(attrs)
         for name in ("id",) + (("name",) if tag == "a" else ()):
             if values.get(name):
@@ -39,7 +57,7 @@ def _parse(path: str) -> _Page:
 
 
 def broken_links(site: str) -> tuple[list[str], int]:
-    """Every broken local link under ``site`` as ``"page: link (why)"``, and the number of links checked."""
+    """Every problem of the pages under ``site`` as ``"page: what (why)"``, and the number of links checked."""
     pages: dict[str, _Page] = {}
     for folder, _, files in os.walk(site):
         for name in files:
@@ -48,6 +66,10 @@ def broken_links(site: str) -> tuple[list[str], int]:
                 pages[path] = _parse(path)
     problems, checked = [], 0
     for path, page in sorted(pages.items()):
+        leaked = RAW_RST.search(" ".join(page.text))
+        if leaked:
+            problems.append(f"{os.path.relpath(path, site)}: raw reStructuredText {leaked.group(0)!r} in the page "
+                            "(an autodoc directive outside an {eval-rst} block?)")
         for _attribute, link in page.links:
             parts = urlsplit(link)
             if parts.scheme in EXTERNAL_SCHEMES or parts.netloc:
@@ -76,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check_links: {site} has no index.html; build the site first (make docs)", file=sys.stderr)
         return 1
     problems, checked = broken_links(site)
+    pages = [f for _, _, files in os.walk(site) for f in files if f.endswith('.html')]
     for problem in problems:
-        print(f"broken link: {problem}", file=sys.stderr)
-    print(f"check_links: {checked} local links and images checked, {len(problems)} broken")
+        print(f"check_links: {problem}", file=sys.stderr)
+    print(f"check_links: {len(pages)} pages, {checked} local links and images checked, {len(problems)} problems")
     return 1 if problems else 0
 
 

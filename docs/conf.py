@@ -8,6 +8,14 @@ import sys
 # Build against this checkout's pnode, whatever is installed in the environment.
 sys.path.insert(0, os.path.abspath(".."))
 
+# The method table, generated from pnode itself for docs/api/pnode.md (under _build: never committed).
+GENERATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_build", "generated")
+os.makedirs(GENERATED, exist_ok=True)
+import pnode  # noqa: E402
+
+with open(os.path.join(GENERATED, "method_table.txt"), "w", encoding="utf-8") as handle:
+    handle.write(pnode.method_table() + "\n")
+
 project = "pnode"
 author = "pnode developers"
 copyright = "2026, pnode developers"   # noqa: A001 - Sphinx's name
@@ -35,6 +43,8 @@ napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
 napoleon_attr_annotations = True
+# "Attributes" sections as fields of the class: properties documented with :members: are not duplicated
+napoleon_use_ivar = True
 
 autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "description"

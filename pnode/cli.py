@@ -49,7 +49,7 @@ def load_setup(script: str):
     >>> from pnode.cli import load_setup
     >>> folder = tempfile.mkdtemp()
     >>> with open(os.path.join(folder, "train.py"), "w") as handle:
-    ...     _ = handle.write("def setup(argv, comm):\n    return argv\n")
+    ...     _ = handle.write("def setup(argv, comm): return argv")
     >>> load_setup(os.path.join(folder, "train.py"))(["--lr", "0.1"], None)
     ['--lr', '0.1']
     """
