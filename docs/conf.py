@@ -50,7 +50,6 @@ autodoc_default_options = {"member-order": "bysource"}
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_preserve_defaults = True
-autodoc_class_signature = "separated"
 
 html_theme = "furo"
 html_title = "pnode"
