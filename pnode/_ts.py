@@ -82,30 +82,41 @@ class TimeStepper:
         ts.removeTrajectory()
         if keep_trajectory:
             ts.setSaveTrajectory()
+        rejected = None
         with OptionsScope({**self._defaults, **self.options.petsc}, force=_REPLAY if replay else None):
             try:
                 ts.setFromOptions()
             except PETSc.Error as error:
-                raise self._rejected_option(error) from None
-            if replay:
-                return
-            db = PETSc.Options()
-            # measured: PETSc's adjoint then runs on lagged Jacobians and the gradients come out NaN
-            self.lagged_jacobian = db.getInt("snes_lag_jacobian", 1) != 1
-            self.adaptive = db.getString("ts_adapt_type") != "none"
-            dt = db.getReal("ts_dt", 0.0)
-            self.option_step = dt if dt > 0 else None
+                rejected = error
+            if rejected is None and not replay:
+                self._read_settings()
+        if rejected is not None:   # outside the scope: each option is then tried alone
+            raise self._rejected_option(rejected) from None
+
+    def _read_settings(self) -> None:
+        """What the options database decided (inside the options scope)."""
+        db = PETSc.Options()
+        # measured: PETSc's adjoint then runs on lagged Jacobians and the gradients come out NaN
+        self.lagged_jacobian = db.getInt("snes_lag_jacobian", 1) != 1
+        self.adaptive = db.getString("ts_adapt_type") != "none"
+        dt = db.getReal("ts_dt", 0.0)
+        self.option_step = dt if dt > 0 else None
 
     def _rejected_option(self, error: PETSc.Error) -> InvalidArgumentError:
-        """Name the option PETSc rejected: each Python-given option is tried alone on a scratch TS."""
-        for key, value in self.options.petsc.items():
+        """Name the option PETSc rejected: each Python-given option is tried alone on a scratch TS (after
+        checking that the database without them is accepted: else the command line is to blame)."""
+        suspects = [None, *self.options.petsc.items()]
+        for suspect in suspects:
             scratch = PETSc.TS().create(PETSc.COMM_SELF)
             try:
                 scratch.setType(self.method.ts_type)
                 set_tableau(scratch, self.method)
-                with OptionsScope({key: value}):
+                with OptionsScope(dict([suspect]) if suspect else {}):
                     scratch.setFromOptions()
             except PETSc.Error:
+                if suspect is None:
+                    break
+                key, value = suspect
                 return InvalidArgumentError(
                     f"PETSc rejected options['petsc'][{key!r}] = {value!r} (PETSc error {error.ierr}): check "
                     f"the value's type and spelling against PETSc's manual page for -{key} (e.g. run with "

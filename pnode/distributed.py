@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._bridge import ParamLayout
 from ._petsc import PETSc
 from .errors import InvalidArgumentError, RemoteRankError
 
@@ -94,15 +95,15 @@ def allreduce_gradients(params: Iterable[torch.Tensor], comm: Any = None, averag
     params = [p for p in params if p.grad is not None]
     if not params or mpi.Get_size() == 1:
         return
-    flat = np.concatenate([p.grad.detach().cpu().double().reshape(-1).numpy() for p in params])
+    grads = [p.grad for p in params]
+    layout = ParamLayout.of(grads)
+    flat = np.empty(layout.size)
+    layout.write(flat, grads)
     allreduce_sum_(flat, mpi)
     if average:
         flat /= mpi.Get_size()
-    offset = 0
-    for p in params:
-        n = p.grad.numel()
-        p.grad.copy_(torch.from_numpy(flat[offset:offset + n]).view_as(p.grad))
-        offset += n
+    for grad, summed in zip(grads, layout.split(torch.from_numpy(flat))):
+        grad.copy_(summed)
 
 
 # ---------------------------------------------------------------------------- failures
