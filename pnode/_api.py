@@ -104,6 +104,7 @@ class ODESolver:
         self._lease: Lease | None = None     # this solver's claim on its driver
         self._driver_key = None
         self._step_times = np.zeros(0)
+        self._hidden_params: bool | None = None    # a plain func's dependence on unseen tensors
 
     # ------------------------------------------------------------------ public
     def __call__(self, y0: State, t: torch.Tensor) -> State:
@@ -143,13 +144,13 @@ class ODESolver:
     def _spec(self, y0: State, t: torch.Tensor) -> SolveSpec:
         layout = StateLayout.of(y0)
         taus, sign = check_times(t)
-        params = tuple(self._params())
+        params = tuple(self._params(y0, t))
         parts = tuple(y0) if layout.is_tuple else (y0,)
         needs_grad = torch.is_grad_enabled() and (
             t.requires_grad or any(p.requires_grad for p in parts) or any(p.requires_grad for p in params))
         if needs_grad:
             require_adjoint(self.method)
-        return SolveSpec(layout, ParamLayout.of(params), params, taus, sign, t.dtype, needs_grad)
+        return SolveSpec(layout, ParamLayout.of(params), params, taus, sign, layout.dtype, needs_grad)
 
     def _spec_here(self, y0: State, t: torch.Tensor) -> tuple[SolveSpec, bool]:
         spec = self._spec(y0, t)
@@ -170,17 +171,29 @@ class ODESolver:
         gathered = self.group.check_consistent(error, agree=facts, gather=rebuild)
         return spec, any(gathered)
 
-    def _params(self) -> list[torch.Tensor]:
+    def _params(self, y0: State, t: torch.Tensor) -> list[torch.Tensor]:
         if self._adjoint_params is not None:
             return [p for p in self._adjoint_params if p.requires_grad]
         if isinstance(self.func, nn.Module):
             return [p for p in self.func.parameters() if p.requires_grad]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and self._has_hidden_params(y0, t):
             raise InvalidArgumentError(
-                "func is not an nn.Module, so pnode cannot see which tensors it depends on; pass "
-                "adjoint_params=(tensors...) (or adjoint_params=() if it has none), or run under "
+                "func is not an nn.Module and its output requires grad through tensors pnode cannot see; "
+                "pass them as adjoint_params=(tensors...), make func an nn.Module, or run under "
                 "torch.no_grad() for a forward-only solve")
         return []
+
+    def _has_hidden_params(self, y0: State, t: torch.Tensor) -> bool:
+        """Does a plain function depend on tensors that require grad?  One evaluation on a detached
+        state tells (its result then requires grad only through them); the answer is kept per solver."""
+        if self._hidden_params is None:
+            state = tuple(p.detach() for p in y0) if isinstance(y0, (tuple, list)) else y0.detach()
+            dtype = state[0].dtype if isinstance(state, tuple) else state.dtype
+            with torch.enable_grad():
+                out = self.func(t.detach()[0].to(dtype), state)
+            parts = out if isinstance(out, (tuple, list)) else (out,)
+            self._hidden_params = any(isinstance(p, torch.Tensor) and p.requires_grad for p in parts)
+        return self._hidden_params
 
     def _driver_for(self, spec: SolveSpec, rebuild: bool) -> Driver:
         """The driver for this problem shape; ``rebuild`` must be the same on every rank (building PETSc

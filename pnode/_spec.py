@@ -26,7 +26,8 @@ class SolveSpec:
     sign:
         ``+1.0`` for increasing ``t``, ``-1.0`` for decreasing (integrated as ``g(tau, y) = -f(-tau, y)``).
     time_dtype:
-        The dtype of ``t`` (the vector field receives its time in it).
+        The dtype the vector field receives its time in: the state's (as torchdiffeq casts ``t``), so a
+        float32 model given float64 output times is not promoted to float64.
     needs_grad:
         Whether the forward pass must prepare a backward pass.
     """
