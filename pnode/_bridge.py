@@ -181,7 +181,7 @@ class StateLayout:
         lead = flat.shape[:-1]
         parts = []
         for lo, hi, shape in self.slices:
-            part = flat[..., lo:hi].reshape(*lead, *shape)
+            part = flat[..., lo:hi].reshape(tuple(lead) + shape)
             if self.needs_cast:
                 part = part.to(dtype=self.dtype, device=self.device)
             parts.append(part)

@@ -84,7 +84,7 @@ class VectorField:
         layout, t, sign = self.layout, self.time(tau), self.sign
 
         def flat(z: torch.Tensor) -> torch.Tensor:
-            parts = [z[..., lo:hi].reshape(*z.shape[:-1], *shape).to(layout.dtype)
+            parts = [z[..., lo:hi].reshape(tuple(z.shape[:-1]) + shape).to(layout.dtype)
                      for lo, hi, shape in layout.slices]
             out = layout.check_output(self.func(t, layout.pack(parts)))
             return torch.cat([o.reshape(*z.shape[:-1], -1) for o in out], dim=-1).to(torch.float64) * sign

@@ -80,10 +80,10 @@ def test_wrong_output_shape_and_dtype():
             pnode.odeint(lambda t, y: y.float(), torch.ones(2), T)
 
 
-def test_plain_function_needs_adjoint_params():
-    with pytest.raises(InvalidArgumentError, match="adjoint_params"):
-        pnode.odeint(lambda t, y: -y, torch.ones(2), T)
+def test_plain_function_with_hidden_tensors_needs_adjoint_params():
     k = torch.tensor(0.5, requires_grad=True)
+    with pytest.raises(InvalidArgumentError, match="adjoint_params"):
+        pnode.odeint(lambda t, y: -k * y, torch.ones(2), T)
     y = pnode.odeint(lambda t, y: -k * y, torch.ones(2), T, adjoint_params=(k,))
     (g,) = torch.autograd.grad(y[-1].sum(), [k])
     assert g.item() == pytest.approx(-2 * torch.exp(torch.tensor(-0.5)).item(), rel=1e-6)
