@@ -258,7 +258,8 @@ def _public_objects():
 
 
 def test_docstring_examples_run():
-    """The Examples sections of public docstrings are doctests; they must pass."""
+    """The Examples sections of public docstrings are doctests (run as ``python -m doctest`` would, in
+    the defining module's namespace); they must pass."""
     finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS
                                                                     | doctest.NORMALIZE_WHITESPACE)
     ran, seen = 0, set()
@@ -269,7 +270,9 @@ def test_docstring_examples_run():
             if id(obj) in seen:
                 continue
             seen.add(id(obj))
-            for test in finder.find(obj, name, globs={}):
+            # doctest's usual namespace: the defining module's globals (a copy)
+            globs = dict(vars(sys.modules[obj.__module__]))
+            for test in finder.find(obj, name, globs=globs):
                 if test.examples:
                     report: list[str] = []
                     result = runner.run(test, out=report.append)
