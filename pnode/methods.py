@@ -185,6 +185,10 @@ REFUSED: dict[str, str] = {
         "torchdiffeq's implicit_adams is an Adams-Bashforth-Moulton predictor-corrector (fixed grid); PETSc "
         "3.26 has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: "
         "rk4 or dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
+    "fixed_adams": (
+        "torchdiffeq's fixed_adams is its implicit_adams (Adams-Bashforth-Moulton, fixed grid); PETSc 3.26 "
+        "has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: rk4 or "
+        "dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
     "scipy_solver": (
         "torchdiffeq's scipy_solver calls scipy.integrate.solve_ivp without gradients; pnode integrates with "
         "PETSc only.  The same schemes with PETSc's adjoint: scipy's 'RK45' is method='dopri5', 'RK23' is "
