@@ -209,11 +209,14 @@ def _check_build() -> None:
 
 
 def _library_candidates() -> list[str]:
-    """Where the libpetsc petsc4py loaded may be: its configured PETSC_DIR/PETSC_ARCH, then the
-    process's own list of mapped libraries (Linux)."""
+    """Where the libpetsc petsc4py loaded may be: petsc4py's extension module first (symbol lookup through
+    its handle reaches the libpetsc it links, or the static PETSc linked into it), then its configured
+    PETSC_DIR/PETSC_ARCH and the process's own list of mapped libraries (Linux)."""
     import petsc4py
 
-    found = []
+    from ._petsc import PETSc
+
+    found = [getattr(PETSc, "__file__", "")]
     config = petsc4py.get_config()
     lib_dir = os.path.join(config.get("PETSC_DIR", ""), config.get("PETSC_ARCH", "") or "", "lib")
     for pattern in ("libpetsc.so*", "libpetsc.dylib", "libpetsc*.dylib"):
@@ -223,7 +226,7 @@ def _library_candidates() -> list[str]:
             found += sorted({line.split()[-1] for line in maps if "libpetsc" in line and "/" in line})
     except OSError:
         pass
-    return found
+    return [path for path in found if path]
 
 
 def _libpetsc() -> ctypes.CDLL:
