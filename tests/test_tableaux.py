@@ -471,3 +471,24 @@ def test_libpetsc_is_the_loaded_copy():
     ts.setRKType("dopri8")
     assert ts.getRKType() == "dopri8"
     ts.destroy()
+
+
+# torchdiffeq's SOLVERS table at its current head (torchdiffeq/_impl/odeint.py), written out here
+TORCHDIFFEQ_SOLVERS = ("dopri8", "dopri5", "tsit5", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint",
+                       "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "implicit_euler",
+                       "implicit_midpoint", "trapezoid", "radauIIA3", "gl4", "radauIIA5", "gl6", "sdirk2", "trbdf2",
+                       "fixed_adams", "scipy_solver")
+# fixed-grid in torchdiffeq (FixedGridODESolver subclasses); the rest adapt
+TORCHDIFFEQ_FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4", "implicit_euler", "implicit_midpoint", "trapezoid",
+                     "sdirk2", "trbdf2"}
+
+
+@pytest.mark.parametrize("name", TORCHDIFFEQ_SOLVERS)
+def test_every_torchdiffeq_name_runs_with_its_stepping_or_is_refused(name):
+    if name in pnode.METHODS:
+        method = pnode.METHODS[name]
+        assert method.adaptive == (name not in TORCHDIFFEQ_FIXED), name
+        assert method.adjoint, name          # every name pnode runs has PETSc's discrete adjoint
+        return
+    with pytest.raises(pnode.UnknownMethodError, match="not available in pnode"):
+        pnode.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method=name)
