@@ -45,10 +45,12 @@ class ForwardRecord:
 
     token: int
     spec: SolveSpec
+    taus: np.ndarray                # output times reached (an event solve's second is the event's)
     step_times: np.ndarray          # accepted step boundaries, tau[0] first
     output_steps: list[int]         # step number at each output time
     y0: torch.Tensor                # flat float64 start state
     runner: ScheduleRunner | None = None   # checkpointed fixed-step solves: the schedule, forward part done
+    event_index: int | None = None  # which event function stopped an event solve
 
     def release(self) -> None:
         if self.runner is not None:
@@ -98,9 +100,10 @@ class Driver:
         self.field.bind(spec)
         self.n_local = spec.layout.size
         self.problem = _make_problem(self.field, method, self.n_local, spec, group, self.errors, options)
+        events = None if spec.event is None else (spec.event.count, self._event_indicator, self._post_event)
         try:
             self.stepper = TimeStepper(method, self.problem, options, rtol, atol, group.comm, self._pre_step,
-                                       self._post_step)
+                                       self._post_step, events)
         except BaseException:
             self.problem.destroy()
             raise
@@ -152,10 +155,36 @@ class Driver:
             self.errors.record(error)
             raise
 
+    def _event_indicator(self, ts, t, U, values) -> None:
+        """TSEvent's indicator: the event functions at (t, U) while a forward pass captures, a constant
+        otherwise (replays and adjoint re-steps follow recorded steps and must not stop early)."""
+        run = self._pass
+        if run is None or not run.capturing or run.event is None:
+            values[:] = 1.0
+            return
+        try:
+            layout = self.field.layout
+            time_ = torch.scalar_tensor(self.field.sign * t, dtype=layout.dtype)
+            with torch.no_grad():
+                found = run.event.values(time_, layout.pack(layout.views(U.getArray(readonly=True))))
+            values[:] = found.detach().to("cpu", torch.float64).numpy()
+        except BaseException as error:  # noqa: BLE001
+            self.errors.record(error)
+            raise
+
+    def _post_event(self, ts, events, t, U, forward) -> None:
+        if forward and self._pass is not None and self._pass.capturing and self._pass.event_index is None:
+            self._pass.event_index = int(events[0])
+
     def _after_step(self, ts) -> None:
         run, tau = self._pass, ts.getTime()
         if run.capturing:
             run.step_times.append(tau)
+        if run.capturing and run.event is not None:
+            if ts.getConvergedReason() == PETSc.TS.ConvergedReason.CONVERGED_EVENT:
+                run.taus[run.next_output] = tau         # the event time is the last output time
+                run.record_output(ts.getStepNumber(), vec_as_tensor(self.sol))
+            return
         fixed = run.plan is not None
         # fixed-step RK returns NaN silently; adaptive RK fails in its error norm instead (a global 2-norm:
         # NaN on one rank reaches all, so every rank fails at the same step)
@@ -194,15 +223,20 @@ class Driver:
             raise InvalidArgumentError(
                 "-snes_lag_jacobian (lagged Newton Jacobians) is only allowed in solves without gradients "
                 "(torch.no_grad()): PETSc's adjoint would reuse lagged Jacobians; remove the option")
-        taus = spec.taus
+        # an event solve's last output time is found on the way
+        taus = spec.taus if spec.event is None else np.array([spec.taus[0], np.inf])
         outputs = torch.empty(len(taus), y0.numel(), dtype=PETSC_DTYPE)
         outputs[0].copy_(y0)
         self._token += 1
         self._trajectory_token = None
         plan = None
-        if not self.stepper.adaptive:
-            plan = fixed_step_times(taus, self.stepper.option_step or self.options.step_size)
-        run = self._pass = Pass(taus, outputs, plan)
+        step = self.stepper.option_step or self.options.step_size
+        if not self.stepper.adaptive and spec.event is None:
+            plan = fixed_step_times(taus, step)
+        elif not self.stepper.adaptive and step is None:
+            raise InvalidArgumentError(f"method {self.running.name!r} steps on a fixed grid: with event_fn give "
+                                       "its step as options={'step_size': h}")
+        run = self._pass = Pass(taus, outputs, plan, spec.event)
         runner = None
         checkpointed = keep and self.options.checkpoints is not None
         if len(taus) > 1 and checkpointed and plan is not None:
@@ -220,7 +254,7 @@ class Driver:
             self.stepper.configure(store_all)
             dt = float(plan[1] - plan[0]) if plan is not None else self._first_step(y0, taus)
             self.stepper.start(self.sol, y0.numpy(), float(taus[0]), 0, dt)
-            self.ts.setMaxTime(float(taus[-1]))
+            self.ts.setMaxTime(min(float(taus[-1]), 1e300))
             limit = self.options.max_num_steps
             self.ts.setMaxSteps(limit if plan is None else min(limit, len(plan) - 1))
             self.run(self.ts.solve, self.sol)
@@ -230,10 +264,10 @@ class Driver:
         self.stats.steps += len(run.step_times) - 1
         if len(taus) > 1 and runner is None:
             self._count_iterations()
-        record = ForwardRecord(self._token, spec, np.asarray(run.step_times), list(run.output_steps), y0.clone(),
-                               runner)
+        record = ForwardRecord(self._token, spec, run.taus.copy(), np.asarray(run.step_times),
+                               list(run.output_steps), y0.clone(), runner, run.event_index)
         self._pass = None
-        self.last_step_times = record.step_times
+        self.last_step_times, self.last_taus, self.last_event_index = record.step_times, record.taus, run.event_index
         self.stats.forward_time = time.perf_counter() - start
         self.stats.communication_time = self.group.seconds    # since the call began (argument checks too)
         return outputs, record
@@ -241,6 +275,8 @@ class Driver:
     def _first_step(self, y0: torch.Tensor, taus: np.ndarray) -> float:
         """The user's first step (``-ts_dt`` or ``options['first_step']``), else the heuristic."""
         first = self.stepper.option_step or self.options.first_step
+        if first is None and not self.stepper.adaptive:
+            first = self.options.step_size       # fixed steps of an event solve
         if first is not None:
             return min(first, float(taus[1] - taus[0]))
         return first_step(self.evaluate, self._rms, y0, taus, self.running.order, self.rtol, self.atol)

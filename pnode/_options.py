@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ._checkpointing import CheckpointPolicy
 from ._jacobian import JACOBIAN_STRATEGIES
@@ -34,6 +34,23 @@ class SolveOptions:
     checkpoints: CheckpointPolicy | None = None     # parsed once, here
     jacobian: str | None = None
     theta: float | None = None
+    adjoint_rtol: float | None = None     # the transposed linear solves of implicit methods
+    adjoint_atol: float | None = None
+
+    def with_adjoint(self, method: str, rtol: float | None, atol: float | None, adjoint_method: str | None,
+                     adjoint_options: Mapping | None) -> SolveOptions:
+        """Take torchdiffeq's adjoint arguments, with their meaning for a discrete adjoint."""
+        if adjoint_method is not None and adjoint_method.strip().lower() != method:
+            raise InvalidArgumentError(
+                f"adjoint_method={adjoint_method!r} differs from method={method!r}: a discrete adjoint is the "
+                "adjoint of the forward method's own steps; leave adjoint_method=None")
+        if adjoint_options is not None:
+            if not isinstance(adjoint_options, Mapping) or set(adjoint_options) - {"norm"}:
+                raise InvalidArgumentError(
+                    f"adjoint_options may only hold 'norm' (accepted; a discrete adjoint has no step-size control "
+                    f"for it to steer), got {adjoint_options!r}; use options={{'petsc': {{...}}}} for the "
+                    "transposed solves' settings")
+        return replace(self, adjoint_rtol=rtol, adjoint_atol=atol)
 
     @classmethod
     def parse(cls, options: Mapping | None) -> SolveOptions:

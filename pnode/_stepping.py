@@ -27,10 +27,13 @@ class Pass:
     time (``None`` for replays, which do not capture); ``plan``: step boundaries to follow exactly
     (fixed steps, replays) or ``None`` (the adaptor chooses, landing on output times)."""
 
-    def __init__(self, taus: np.ndarray, outputs: torch.Tensor | None, plan: np.ndarray | None):
+    def __init__(self, taus: np.ndarray | None, outputs: torch.Tensor | None, plan: np.ndarray | None,
+                 event=None):
         self.taus = taus
         self.outputs = outputs
         self.plan = plan
+        self.event = event               # terminal event functions (an EventSpec) or None
+        self.event_index: int | None = None
         self.capturing = outputs is not None
         self.next_output = 1
         self.output_steps = [0]
