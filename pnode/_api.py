@@ -109,7 +109,7 @@ class ODESolver:
         self._lease: Lease | None = None     # this solver's claim on its driver
         self._driver_key = None
         self._step_times = np.zeros(0)
-        self._hidden_params: bool | None = None    # a plain func's dependence on unseen tensors
+        self._found_params: list[torch.Tensor] | None = None    # a plain func's tensors, from its graph
 
     # ------------------------------------------------------------------ public
     def __call__(self, y0: State, t: torch.Tensor, *, event_fn: Callable | None = None):
@@ -199,24 +199,11 @@ class ODESolver:
             return [p for p in self._adjoint_params if p.requires_grad]
         if isinstance(self.func, nn.Module):
             return [p for p in self.func.parameters() if p.requires_grad]
-        if torch.is_grad_enabled() and self._has_hidden_params(y0, t):
-            raise InvalidArgumentError(
-                "func is not an nn.Module and its output requires grad through tensors pnode cannot see; "
-                "pass them as adjoint_params=(tensors...), make func an nn.Module, or run under "
-                "torch.no_grad() for a forward-only solve")
-        return []
-
-    def _has_hidden_params(self, y0: State, t: torch.Tensor) -> bool:
-        """Does a plain function depend on tensors that require grad?  One evaluation on a detached
-        state tells (its result then requires grad only through them); the answer is kept per solver."""
-        if self._hidden_params is None:
-            state = tuple(p.detach() for p in y0) if isinstance(y0, (tuple, list)) else y0.detach()
-            dtype = state[0].dtype if isinstance(state, tuple) else state.dtype
-            with torch.enable_grad():
-                out = self.func(t.detach()[0].to(dtype), state)
-            parts = out if isinstance(out, (tuple, list)) else (out,)
-            self._hidden_params = any(isinstance(p, torch.Tensor) and p.requires_grad for p in parts)
-        return self._hidden_params
+        if not torch.is_grad_enabled():
+            return []
+        if self._found_params is None:
+            self._found_params = _leaves_reached(self.func, y0, t)
+        return [p for p in self._found_params if p.requires_grad]
 
     def _driver_for(self, spec: SolveSpec, rebuild: bool) -> Driver:
         """The driver for this problem shape; ``rebuild`` must be the same on every rank (building PETSc
@@ -371,6 +358,36 @@ _LAST_STATS: SolveStats | None = None
 def last_stats() -> SolveStats | None:
     """Statistics of the latest :func:`odeint` call (its backward pass included, once run)."""
     return _LAST_STATS
+
+
+def _leaves_reached(func: Callable, y0: State, t: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors requiring grad that a plain function (not an ``nn.Module``) depends on: one evaluation
+    on a detached state, then the leaves of its autograd graph (torchdiffeq's ``odeint`` differentiates
+    them too).  A tensor computed outside ``func`` from them is reached through its own graph."""
+    state = tuple(p.detach() for p in y0) if isinstance(y0, (tuple, list)) else y0.detach()
+    dtype = state[0].dtype if isinstance(state, tuple) else state.dtype
+    with torch.enable_grad():
+        out = func(t.detach()[0].to(dtype), state)
+    parts = out if isinstance(out, (tuple, list)) else (out,)
+    leaves, seen = [], set()
+    stack = [p.grad_fn for p in parts if isinstance(p, torch.Tensor) and p.grad_fn is not None]
+    stack += [p for p in parts if isinstance(p, torch.Tensor) and p.requires_grad and p.grad_fn is None]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, torch.Tensor):           # the output is itself a leaf
+            if id(node) not in seen:
+                seen.add(id(node))
+                leaves.append(node)
+            continue
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)    # AccumulateGrad: a leaf tensor
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
 
 
 def _tolerance(value: float, name: str) -> float:

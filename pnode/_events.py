@@ -11,6 +11,7 @@ Several event functions (``event_fn`` returning a tensor of several values) stop
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,9 +45,10 @@ class EventSpec:
             raise InvalidArgumentError("event_fn must return a tensor (one value per event function), got "
                                        f"{type(value).__name__}")
         if value.requires_grad and not params and torch.is_grad_enabled():
-            raise InvalidArgumentError(
-                "event_fn depends on tensors that require grad but pnode cannot see them; make event_fn an "
-                "nn.Module holding them as parameters")
+            warnings.warn(
+                "event_fn depends on tensors that require grad but is not an nn.Module holding them: they are "
+                "treated as constants when differentiating the event time (as torchdiffeq does); make event_fn "
+                "an nn.Module with them as parameters to differentiate them", stacklevel=4)
         return cls(event_fn, value.numel(), params)
 
     def values(self, t: torch.Tensor, state) -> torch.Tensor:
