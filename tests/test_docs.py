@@ -258,8 +258,8 @@ def _public_objects():
 
 
 def test_docstring_examples_run():
-    """The Examples sections of public docstrings are doctests (run as ``python -m doctest`` would, in
-    the defining module's namespace); they must pass."""
+    """The Examples sections of public docstrings are doctests (run in the defining module's namespace,
+    with ``pnode`` and ``torch`` imported); they must pass."""
     finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS
                                                                     | doctest.NORMALIZE_WHITESPACE)
     ran, seen = 0, set()
@@ -270,8 +270,11 @@ def test_docstring_examples_run():
             if id(obj) in seen:
                 continue
             seen.add(id(obj))
-            # doctest's usual namespace: the defining module's globals (a copy)
-            globs = dict(vars(sys.modules[obj.__module__]))
+            # doctest's usual namespace (the defining module's globals, a copy), plus ``pnode`` and
+            # ``torch`` already imported, as numpy's doctests have ``np``
+            import pnode
+
+            globs = {**vars(sys.modules[obj.__module__]), "pnode": pnode, "torch": torch}
             for test in finder.find(obj, name, globs=globs):
                 if test.examples:
                     report: list[str] = []
