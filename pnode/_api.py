@@ -366,8 +366,11 @@ def _leaves_reached(func: Callable, y0: State, t: torch.Tensor) -> list[torch.Te
     them too).  A tensor computed outside ``func`` from them is reached through its own graph."""
     state = tuple(p.detach() for p in y0) if isinstance(y0, (tuple, list)) else y0.detach()
     dtype = state[0].dtype if isinstance(state, tuple) else state.dtype
+    times = t.detach().to(dtype)
+    # just inside the span: a func discontinuous at t[0] (options['perturb']) is not evaluated there
+    probe = torch.nextafter(times[0], times[1]) if len(times) > 1 else times[0]
     with torch.enable_grad():
-        out = func(t.detach()[0].to(dtype), state)
+        out = func(probe, state)
     parts = out if isinstance(out, (tuple, list)) else (out,)
     leaves, seen = [], set()
     stack = [p.grad_fn for p in parts if isinstance(p, torch.Tensor) and p.grad_fn is not None]

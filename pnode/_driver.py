@@ -31,7 +31,7 @@ from ._protocols import Problem
 from ._rhs import RHSProblem
 from ._spec import SolveSpec
 from ._stepping import Pass, first_step, plan_output_steps, rms_all
-from ._timegrid import fixed_step_times
+from ._timegrid import constructed_grid, fixed_step_times, same_time_tolerance
 from ._ts import TimeStepper
 from .distributed import RankGroup
 from .errors import BackwardError, InvalidArgumentError, NonFiniteError, RemoteRankError
@@ -115,6 +115,8 @@ class Driver:
         self._trajectory_token: int | None = None   # which forward the stored trajectory belongs to
         self.last_step_times = np.zeros(0)
         self.leases = 0
+        self._stepping = False        # inside a TS solve or adjoint (perturb/jump_t nudges apply)
+        self._jumps: frozenset = frozenset()
 
     @property
     def ts(self) -> PETSc.TS:
@@ -176,8 +178,32 @@ class Driver:
         if forward and self._pass is not None and self._pass.capturing and self._pass.event_index is None:
             self._pass.event_index = int(events[0])
 
+    def _grid(self, spec: SolveSpec, y0: torch.Tensor, taus: np.ndarray, step: float | None) -> np.ndarray:
+        """Step boundaries of a fixed-grid solve: ``options['grid_constructor']``'s, or steps of ``step``
+        (one per output interval without one), output times inserted."""
+        if self.options.grid_constructor is None:
+            return fixed_step_times(taus, step)
+        t_user = torch.from_numpy(taus * spec.sign).to(spec.time_dtype)
+        grid = self.options.grid_constructor(self.field.func, spec.layout.unflatten(y0), t_user)
+        return constructed_grid(grid, float(taus[0]), float(taus[-1]), taus, spec.sign)
+
+    def _nudge(self, tau: float) -> float:
+        """``perturb`` / ``jump_t``: a stage at either end of the current step is evaluated just inside
+        the step (the forward pass and the adjoint see the same times)."""
+        if not self._stepping:
+            return tau
+        now, dt = self.ts.getTime(), self.ts.getTimeStep()
+        start, end = (now + dt, now) if self._in_adjoint else (now, now + dt)
+        if tau != start and tau != end:
+            return tau
+        if not self.options.perturb and not any(abs(tau - j) <= same_time_tolerance(j) for j in self._jumps):
+            return tau
+        return float(np.nextafter(tau, math.inf if tau == start else -math.inf))
+
     def _after_step(self, ts) -> None:
         run, tau = self._pass, ts.getTime()
+        if self._jumps and any(abs(tau - j) <= same_time_tolerance(j) for j in self._jumps):
+            ts.restartStep()     # func jumps here: no first-same-as-last reuse of the stage before it
         if run.capturing:
             run.step_times.append(tau)
         if run.capturing and run.event is not None:
@@ -232,11 +258,14 @@ class Driver:
         plan = None
         step = self.stepper.option_step or self.options.step_size
         if not self.stepper.adaptive and spec.event is None:
-            plan = fixed_step_times(taus, step)
+            plan = self._grid(spec, y0, taus, step)
         elif not self.stepper.adaptive and step is None:
             raise InvalidArgumentError(f"method {self.running.name!r} steps on a fixed grid: with event_fn give "
                                        "its step as options={'step_size': h}")
         run = self._pass = Pass(taus, outputs, plan, spec.event)
+        landmarks, self._jumps = self.options.landmarks(spec.sign)
+        run.landmarks = tuple(m for m in landmarks if taus[0] < m < taus[-1]) if plan is None else ()
+        self.field.nudge = self._nudge if (self.options.perturb or self._jumps) else None
         runner = None
         checkpointed = keep and self.options.checkpoints is not None
         if len(taus) > 1 and checkpointed and plan is not None:
@@ -339,10 +368,13 @@ class Driver:
         exceptions (after which the TS is rebuilt: PETSc may have left it unusable).  Under MPI every
         rank takes part in one agreement afterwards, so a failure anywhere raises everywhere."""
         failure = None
+        self._stepping = True
         try:
             call(*args)
         except PETSc.Error as error:
             failure = error
+        finally:
+            self._stepping = False
         original = self.errors.pop()
         if self.group.distributed:
             agreement = self.group.agree(original, None if failure is None else failure.ierr,

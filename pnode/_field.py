@@ -32,6 +32,7 @@ class VectorField:
         self.stats = stats
         self.sign = 1.0
         self.params: tuple[torch.Tensor, ...] = ()
+        self.nudge: Callable[[float], float] | None = None    # perturb / jump_t (set by the driver)
 
     def bind(self, spec: SolveSpec) -> None:
         """Take this call's time direction and parameters (the driver calls it at entry)."""
@@ -39,6 +40,8 @@ class VectorField:
         self.params = spec.params
 
     def time(self, tau: float) -> torch.Tensor:
+        if self.nudge is not None:
+            tau = self.nudge(tau)
         return torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
 
     def evaluate_into(self, tau: float, x: np.ndarray, out: np.ndarray) -> None:
@@ -184,3 +187,7 @@ class _PartField(VectorField):
     @property
     def params(self) -> tuple[torch.Tensor, ...]:
         return self.whole.params
+
+    @property
+    def nudge(self):
+        return self.whole.nudge

@@ -34,6 +34,7 @@ class Pass:
         self.plan = plan
         self.event = event               # terminal event functions (an EventSpec) or None
         self.event_index: int | None = None
+        self.landmarks: tuple[float, ...] = ()   # step_t / jump_t: adaptive steps land on them too
         self.capturing = outputs is not None
         self.next_output = 1
         self.output_steps = [0]
@@ -45,6 +46,9 @@ class Pass:
         if self.plan is not None:
             return float(self.plan[step + 1] - self.plan[step])
         target = self.taus[self.next_output]
+        if self.landmarks:
+            ahead = [m for m in self.landmarks if m > tau + same_time_tolerance(tau)]
+            target = min(target, ahead[0]) if ahead else target
         if tau + LAND_STRETCH * proposed >= target:
             return float(target - tau)
         return None

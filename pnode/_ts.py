@@ -49,7 +49,7 @@ class TimeStepper:
             ts.setErrorIfStepFails(False)
             fixed = self.options.step_size is not None or not self.method.adaptive
             self._defaults = {"ts_adapt_type": "none" if fixed else "basic", "ts_trajectory_type": "memory",
-                              **self.problem.option_defaults}
+                              **self.options.adapt, **self.problem.option_defaults}
             ts.setPreStep(self._pre_step)
             ts.setPostStep(self._post_step)
             if self._events is not None:
