@@ -32,7 +32,7 @@ class VectorField:
         self.stats = stats
         self.sign = 1.0
         self.params: tuple[torch.Tensor, ...] = ()
-        self.nudge: Callable[[float], float] | None = None    # perturb / jump_t (set by the driver)
+        self.nudge: Callable[[float], float] | None = None    # perturb / jump_t: +1/-1 into the step, 0
 
     def bind(self, spec: SolveSpec) -> None:
         """Take this call's time direction and parameters (the driver calls it at entry)."""
@@ -40,9 +40,12 @@ class VectorField:
         self.params = spec.params
 
     def time(self, tau: float) -> torch.Tensor:
-        if self.nudge is not None:
-            tau = self.nudge(tau)
-        return torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
+        t = torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
+        inward = 0.0 if self.nudge is None else self.nudge(tau)
+        if inward:
+            # one ulp of the dtype func sees (float32 rounds a float64 ulp away), into the current step
+            t = torch.nextafter(t, t + inward * self.sign)
+        return t
 
     def evaluate_into(self, tau: float, x: np.ndarray, out: np.ndarray) -> None:
         """out <- g(tau, x), without autograd."""
