@@ -129,7 +129,8 @@ def main() -> None:
                 print(f"running {problem} / {variant} (round {round_ + 1}) ...", flush=True)
                 r = run_child(__file__, ["--problem", problem, "--variant", variant,
                                          "--repeats", str(args.repeats), "--threads", str(args.threads)])
-                if variant not in results or "error" in results[variant] or ("error" not in r and r["median_s"] < results[variant]["median_s"]):
+                best = results.get(variant)
+                if best is None or "error" in best or ("error" not in r and r["median_s"] < best["median_s"]):
                     results[variant] = r
         base = results["plain_torch"].get("median_s")
         for variant, r in results.items():
