@@ -17,6 +17,7 @@ from .errors import (
 )
 from .implicit import IMEXField
 from .methods import METHODS, available_methods, method_table
+from .regularization import embedded_error_estimate, local_error_regularizer
 from .stats import SolveStats
 
 __version__ = "0.1.0"
@@ -27,4 +28,5 @@ __all__ = [
     "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError", "MaxStepsError",
     "StepSizeUnderflowError",
     "BackwardError", "RemoteRankError",
+    "embedded_error_estimate", "local_error_regularizer",
 ]
