@@ -1,8 +1,8 @@
 """A latent ODE for irregularly sampled time series (Chen et al. 2018, section 5), trained with pnode.
 
 Data (generated here): 2-D spirals x(t) = r(t) (cos(phi + d t), sin(phi + d t)), r(t) = r0 + g t, with a
-random direction d = +-1, phase phi, start radius r0 and growth g per trajectory, on a grid of 80 times
-in [0, 10].  Each trajectory is observed, with Gaussian noise (std 0.05), at a random 40% of the grid
+random direction d = +-1, phase phi, start radius r0 and growth g per trajectory, on a grid of 41 times
+in [0, 10].  Each trajectory is observed, with Gaussian noise (std 0.05), at a random half of the 21 grid
 times in the observation window [0, 5] only: the observation times differ from one trajectory to the
 next.
 
@@ -45,8 +45,8 @@ class SpiralData:
     n_observed_times: int    # grid points in the observation window [0, t_obs]
 
 
-def make_spirals(n: int, *, n_times: int = 80, t_end: float = 10.0, t_obs: float = 5.0,
-                 observed_fraction: float = 0.4, generator: torch.Generator) -> SpiralData:
+def make_spirals(n: int, *, n_times: int = 41, t_end: float = 10.0, t_obs: float = 5.0,
+                 observed_fraction: float = 0.5, generator: torch.Generator) -> SpiralData:
     t = torch.linspace(0.0, t_end, n_times, dtype=torch.float64)
     direction = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
     phase = 2 * math.pi * torch.rand(n, generator=generator).double()
@@ -115,8 +115,10 @@ class LatentODE(nn.Module):
         self.predictor = pnode.ODESolver(self.dynamics, method=method, rtol=rtol, atol=atol)
 
     def latent_path(self, z0: torch.Tensor, t: torch.Tensor, predict: bool = False) -> torch.Tensor:
-        """z at every time of ``t`` (shape (N, T, latent))."""
-        return (self.predictor if predict else self.solver)(z0, t).transpose(0, 1)
+        """z at every time of ``t`` (shape (N, T, latent)); the solver's own output, (T, N, latent), is
+        kept as ``last_solution`` (what pnode.local_error_regularizer takes)."""
+        self.last_solution = (self.predictor if predict else self.solver)(z0, t)
+        return self.last_solution.transpose(0, 1)
 
 
 class LatentRNN(nn.Module):
@@ -182,11 +184,11 @@ def train(model, data: SpiralData, *, iters: int, batch: int, lr: float, seed: i
         total = loss if extra_loss is None else loss + extra_loss(model, t, it)
         total.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if it % log_every == 0 or it == iters:
             steps = f"  steps {model.solver.stats.steps}" if hasattr(model, "solver") else ""
-            print(f"{label:>10} iter {it:4d}  -elbo/T {float(loss):8.3f}  recon mse {float(mse):.4f}{steps}  "
-                  f"{time.perf_counter() - start:5.1f}s", flush=True)
+            print(f"{label:>10} iter {it:4d}  -elbo/T {float(loss.detach()):8.3f}  "
+                  f"recon mse {float(mse.detach()):.4f}{steps}  {time.perf_counter() - start:5.1f}s", flush=True)
     return losses, time.perf_counter() - start
 
 
