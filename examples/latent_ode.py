@@ -17,7 +17,7 @@ the time grid (input: the time step), not from an ODE; trained for the same numb
 the same optimizer.  Evaluation on held-out trajectories (posterior means, noiseless targets):
 interpolation MSE at the unobserved grid times inside [0, 5], extrapolation MSE on (5, 10].
 
-    python examples/latent_ode.py --iters 300 --out outputs
+    python examples/latent_ode.py --iters 800 --out outputs
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def plot(path, data: SpiralData, preds: dict, losses: dict, metrics: dict, n_sho
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--iters", type=int, default=800)
     parser.add_argument("--train", type=int, default=256, help="training trajectories")
     parser.add_argument("--test", type=int, default=64, help="held-out trajectories")
     parser.add_argument("--batch", type=int, default=64)

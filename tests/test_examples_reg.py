@@ -47,9 +47,10 @@ def test_latent_ode_data_are_irregular_and_windowed():
 def test_regularized_smallest_config(task, tmp_path):
     import regularized
 
-    sizes = (["--train", "32", "--test", "8", "--batch", "32"] if task == "latent" else ["--n-times", "200"])
+    sizes = (["--train", "32", "--test", "8", "--batch", "32", "--weight", "100"] if task == "latent" else
+             ["--n-times", "200", "--weight", "3"])
     results = regularized.main(["--task", task, "--iters", "30", "--repeats", "1", "--log-every", "30",
-                                "--weight", "100", "--out", str(tmp_path), *sizes])
+                                "--out", str(tmp_path), *sizes])
     table = (tmp_path / "regularized.txt").read_text()
     assert "f evals per prediction solve" in table and "ratio" in table
     assert (tmp_path / "regularized.png").stat().st_size > 10_000
