@@ -1,6 +1,7 @@
 """pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
 
-from .api import ODESolver, last_stats, odeint, odeint_adjoint
+from ._api import ODESolver, last_stats, odeint, odeint_adjoint
+from ._implicit import IMEXField
 from .errors import (
                      AdjointNotAvailableError,
                      BackwardError,
@@ -15,7 +16,6 @@ from .errors import (
                      StepSizeUnderflowError,
                      UnknownMethodError,
 )
-from .implicit import IMEXField
 from .methods import METHODS, available_methods, method_table
 from .regularization import embedded_error_estimate, local_error_regularizer
 from .stats import SolveStats
