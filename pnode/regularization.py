@@ -192,7 +192,7 @@ def embedded_error_estimate(func: Callable, t: float | torch.Tensor, y: State, d
     func : callable
         The vector field ``func(t, y)``; its parameters receive gradients through ``E``.
     t : float or 0-dim tensor
-        Start time of the step.
+        Start time of the step (not differentiated).
     y : Tensor or tuple of Tensors
         State at ``t``.  Used as given: detach it first to hold it constant.
     dt : float
@@ -226,7 +226,8 @@ def embedded_error_estimate(func: Callable, t: float | torch.Tensor, y: State, d
     dt = _step(dt)
     rtol, atol = _tolerance(rtol, "rtol"), _tolerance(atol, "atol")
     parts, _ = _as_parts(y)
-    time = t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=parts[0].dtype)
+    # func gets t in the state's dtype, as pnode's solves pass it
+    time = torch.as_tensor(t.detach() if isinstance(t, torch.Tensor) else float(t), dtype=parts[0].dtype)
     high, low = _embedded_step(func, time, y, dt, pair)
     squares, count = 0.0, 0
     for u, v in zip(high, low):
@@ -344,8 +345,7 @@ def local_error_regularizer(solver: ODESolver, t: torch.Tensor, ys: State, *, mo
         raise InvalidArgumentError(f"samples must be a positive int, got {samples!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InvalidArgumentError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    comm_size = solver.comm.getSize() if hasattr(solver.comm, "getSize") else 1
-    if comm_size > 1:
+    if getattr(getattr(solver, "group", None), "distributed", False):
         raise InvalidArgumentError("local_error_regularizer supports single-process solvers only (comm=None): "
                                    "the sampled time and the error norm would have to agree across ranks")
     # what PETSc actually ran (command-line options may override the Python choice)
@@ -382,7 +382,7 @@ def local_error_regularizer(solver: ODESolver, t: torch.Tensor, ys: State, *, mo
             k = min(max(k, 0), len(tau_steps) - 2)
         h = sign * float(tau_steps[k + 1] - tau_steps[k])
         state = _state_at(solver, times, tau_out, parts, is_tuple, sign, tau)
-        time = torch.tensor(sign * tau, dtype=t.dtype)
+        time = torch.tensor(sign * tau, dtype=parts[0].dtype)   # func gets t in the state's dtype, as in solves
         estimate = embedded_error_estimate(solver.func, time, state, h, method=method,
                                            rtol=solver.rtol, atol=solver.atol)
         total = total + abs(h) * estimate
