@@ -392,3 +392,15 @@ def test_docstring_examples_run():
     import pnode.regularization
 
     assert doctest.testmod(pnode.regularization).failed == 0
+
+
+def test_float32_model():
+    func = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).float()
+    solver = pnode.ODESolver(lambda t, y: func(y), method="bosh3", rtol=1e-4, atol=1e-6,
+                             adjoint_params=tuple(func.parameters()))
+    t = torch.linspace(0.0, 1.0, 3, dtype=torch.float32)
+    ys = solver(torch.ones(4, 2, dtype=torch.float32), t)
+    reg = pnode.local_error_regularizer(solver, t, ys, generator=torch.Generator().manual_seed(0))
+    assert reg.dtype == torch.float32 and float(reg.detach()) > 0
+    reg.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in func.parameters())
