@@ -238,6 +238,10 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--rtol", type=float, default=1e-4)
     parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument("--n-times", type=int, default=41, help="grid times on [0, 10]")
+    parser.add_argument("--observed-fraction", type=float, default=0.5,
+                        help="share of the window's grid times each trajectory is observed at")
+    parser.add_argument("--anneal", type=float, default=0.75, help="lr drops 10x after this fraction")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=50)
@@ -248,8 +252,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     g = torch.Generator().manual_seed(args.seed)
-    train_set = make_spirals(args.train, generator=g)
-    test_set = make_spirals(args.test, generator=g)
+    sizes = {"n_times": args.n_times, "observed_fraction": args.observed_fraction}
+    train_set = make_spirals(args.train, generator=g, **sizes)
+    test_set = make_spirals(args.test, generator=g, **sizes)
     print(f"{args.train} training / {args.test} test spirals; each observed at "
           f"{float(train_set.mask.sum(1).mean()):.1f} random times of {train_set.n_observed_times} in "
           f"[0, {float(train_set.t[train_set.n_observed_times - 1]):g}], extrapolated to {float(train_set.t[-1]):g}")
@@ -259,7 +264,7 @@ def main(argv=None):
                         ("RNN", LatentRNN(args.latent).double())):
         torch.manual_seed(args.seed)
         curve, seconds = train(model, train_set, iters=args.iters, batch=args.batch, lr=args.lr, seed=args.seed,
-                               label=name, log_every=args.log_every)
+                               label=name, log_every=args.log_every, anneal=args.anneal)
         interp, extrap, pred = evaluate(model, test_set)
         results[name], losses[name], preds[name] = (interp, extrap, seconds, curve[0], curve[-1]), curve, pred
         extra = f", prediction solve {model.predictor.stats.rhs_evals} f evals" if name == "latent ODE" else ""
