@@ -23,7 +23,7 @@ def _one_thread():
 def test_latent_ode_smallest_config(tmp_path):
     import latent_ode
 
-    results = latent_ode.main(["--iters", "40", "--train", "32", "--test", "8", "--batch", "32",
+    results = latent_ode.main(["--iters", "40", "--train", "32", "--test", "8", "--batch", "32", "--n-times", "41",
                                "--log-every", "40", "--out", str(tmp_path), "--threads", "1"])
     assert (tmp_path / "latent_ode.png").stat().st_size > 10_000
     for name in ("latent ODE", "RNN"):
