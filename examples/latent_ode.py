@@ -213,7 +213,7 @@ def plot(path, data: SpiralData, preds: dict, losses: dict, metrics: dict, n_sho
         ax.plot(data.noisy[k, m, 0].numpy(), data.noisy[k, m, 1].numpy(), "k.", ms=5, label="observed")
         for (name, pred), style in zip(preds.items(), ("C0", "C3")):
             p = pred[k].numpy()
-            ax.plot(p[:window, 0], p[:window, 1], "-", color=style, lw=1.8, label=f"{name} (t <= {t_obs:g})")
+            ax.plot(p[:window, 0], p[:window, 1], "-", color=style, lw=1.8, label=f"{name} (t <= {t_obs:.3g})")
             ax.plot(p[window - 1:, 0], p[window - 1:, 1], ":", color=style, lw=1.8, label=f"{name} extrapolated")
         ax.set(title=f"held-out trajectory {k}", aspect="equal")
         if k == 0:
