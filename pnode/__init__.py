@@ -1,6 +1,6 @@
 """pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
 
-from ._api import ODESolver, last_stats, odeint, odeint_adjoint
+from ._api import ODESolver, last_stats, odeint, odeint_adjoint, odeint_event
 from ._implicit import IMEXField
 from .errors import (
                      AdjointNotAvailableError,
@@ -23,10 +23,9 @@ from .stats import SolveStats
 __version__ = "0.1.0"
 
 __all__ = [
-    "odeint", "odeint_adjoint", "ODESolver", "IMEXField", "SolveStats", "last_stats", "METHODS", "available_methods",
-    "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError", "ShapeMismatchError",
-    "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError", "MaxStepsError",
-    "StepSizeUnderflowError",
-    "BackwardError", "RemoteRankError",
+    "odeint", "odeint_adjoint", "odeint_event", "ODESolver", "IMEXField", "SolveStats", "last_stats", "METHODS",
+    "available_methods", "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError",
+    "ShapeMismatchError", "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError",
+    "MaxStepsError", "StepSizeUnderflowError", "BackwardError", "RemoteRankError",
     "embedded_error_estimate", "local_error_regularizer",
 ]

@@ -32,6 +32,7 @@ class VectorField:
         self.stats = stats
         self.sign = 1.0
         self.params: tuple[torch.Tensor, ...] = ()
+        self.nudge: Callable[[float], float] | None = None    # perturb / jump_t: +1/-1 into the step, 0
 
     def bind(self, spec: SolveSpec) -> None:
         """Take this call's time direction and parameters (the driver calls it at entry)."""
@@ -39,7 +40,12 @@ class VectorField:
         self.params = spec.params
 
     def time(self, tau: float) -> torch.Tensor:
-        return torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
+        t = torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
+        inward = 0.0 if self.nudge is None else self.nudge(tau)
+        if inward:
+            # one ulp of the dtype func sees (float32 rounds a float64 ulp away), into the current step
+            t = torch.nextafter(t, t + inward * self.sign)
+        return t
 
     def evaluate_into(self, tau: float, x: np.ndarray, out: np.ndarray) -> None:
         """out <- g(tau, x), without autograd."""
@@ -184,3 +190,7 @@ class _PartField(VectorField):
     @property
     def params(self) -> tuple[torch.Tensor, ...]:
         return self.whole.params
+
+    @property
+    def nudge(self):
+        return self.whole.nudge

@@ -65,7 +65,7 @@ def test_adaptive_gradients_match_plain_torch_replay(name, mlp):
 def test_decreasing_time_matches_plain_torch(mlp):
     y0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(4)).requires_grad_()
     t = torch.tensor([1.0, 0.6, -0.2])
-    solver = pnode.ODESolver(mlp, method="rk4", options={"step_size": 0.25})
+    solver = pnode.ODESolver(mlp, method="rk4classic", options={"step_size": 0.25})
     ys = solver(y0, t)
     steps = solver.step_times
     assert torch.all(steps.diff() < 0)
@@ -94,7 +94,7 @@ def test_tuple_state_gradients(mlp):
     x0 = torch.randn(3, 3, generator=torch.Generator().manual_seed(5)).requires_grad_()
     v0 = torch.zeros(3, 3).requires_grad_()
     t = torch.tensor([0.0, 0.5, 1.2])
-    solver = pnode.ODESolver(func, method="rk4", options={"step_size": 0.1})
+    solver = pnode.ODESolver(func, method="rk4classic", options={"step_size": 0.1})
     xs, vs = solver((x0, v0), t)
     assert xs.shape == (3, 3, 3) and vs.shape == (3, 3, 3)
     params = [x0, v0, *func.parameters()]
