@@ -353,7 +353,7 @@ def local_error_regularizer(solver: ODESolver, t: torch.Tensor, ys: State, *, mo
         raise InvalidArgumentError(f"samples must be a positive int, got {samples!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise InvalidArgumentError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if getattr(getattr(solver, "group", None), "distributed", False):
+    if solver.distributed:
         raise InvalidArgumentError("local_error_regularizer supports single-process solvers only (comm=None): "
                                    "the sampled time and the error norm would have to agree across ranks")
     # what PETSc actually ran (command-line options may override the Python choice)
