@@ -23,7 +23,7 @@ from . import _adjoint
 from ._bridge import PETSC_DTYPE, vec_as_tensor
 from ._checkpointing import ScheduleRunner
 from ._failures import CallbackErrors, nonfinite_error, petsc_error, stopped_error
-from ._field import VectorField
+from ._field import StageGraphs, VectorField
 from ._implicit import ImplicitProblem
 from ._options import SolveOptions
 from ._petsc import PETSc
@@ -98,6 +98,12 @@ class Driver:
         self.errors = CallbackErrors(poison=group.distributed)
         self.field = VectorField(func, spec.layout, spec.time_dtype, stats)
         self.field.bind(spec)
+        if options.keep_graph:
+            if method.form != "rhs":
+                raise InvalidArgumentError(
+                    f"options['keep_graph'] keeps the stage graphs of explicit methods; {method.name!r} is implicit "
+                    "(its adjoint needs the stage Jacobians, not the stage graphs): remove the option")
+            self.field.graphs = StageGraphs()
         self.n_local = spec.layout.size
         self.problem = _make_problem(self.field, method, self.n_local, spec, group, self.errors, options)
         events = None if spec.event is None else (spec.event.count, self._event_indicator, self._post_event)
@@ -198,6 +204,9 @@ class Driver:
         if not self._stepping:
             return 0.0
         now, dt = self.ts.getTime(), self.ts.getTimeStep()
+        graphs = self.field.graphs
+        if graphs is not None and not self._in_adjoint:
+            graphs.attempt = (now, dt)
         if self._callbacks is not None:
             if self._in_adjoint:
                 self._callbacks.saw_adjoint(now, dt, self.field.sign, self._adjoint_state)
@@ -214,6 +223,8 @@ class Driver:
 
     def _after_step(self, ts) -> None:
         run, tau = self._pass, ts.getTime()
+        if self.field.graphs is not None and self.field.graphs.recording:
+            self.field.graphs.accept(tau)
         if self._callbacks is not None and run.capturing:
             self._callbacks.step_done(self._step_start, self.field.sign, self.stepper.adaptive)
         if self._jumps and any(abs(tau - j) <= same_time_tolerance(j) for j in self._jumps):
@@ -276,14 +287,15 @@ class Driver:
         elif not self.stepper.adaptive and step is None:
             raise InvalidArgumentError(f"method {self.running.name!r} steps on a fixed grid: with event_fn give "
                                        "its step as options={'step_size': h}")
+        checkpointed = keep and self.options.checkpoints is not None
         run = self._pass = Pass(taus, outputs, plan, spec.event)
         landmarks, self._jumps = self.options.landmarks(spec.sign)
         run.landmarks = tuple(m for m in landmarks if taus[0] < m < taus[-1]) if plan is None else ()
         self._callbacks = StepCallbacks.of(self.field.func, self.stepper.adaptive)
-        needed = self.options.perturb or self._jumps or self._callbacks is not None
+        needed = self.options.perturb or self._jumps or self._callbacks is not None or self.field.graphs is not None
+        self._record_graphs(keep and not checkpointed)
         self.field.nudge = self._observe if needed else None
         runner = None
-        checkpointed = keep and self.options.checkpoints is not None
         if len(taus) > 1 and checkpointed and plan is not None:
             # fixed steps: the schedule's forward part is this forward pass (it stores its checkpoints)
             runner = ScheduleRunner(self, self.options.checkpoints, plan, plan_output_steps(plan, taus))
@@ -312,6 +324,7 @@ class Driver:
         record = ForwardRecord(self._token, spec, run.taus.copy(), np.asarray(run.step_times),
                                list(run.output_steps), y0.clone(), runner, run.event_index)
         self._pass = None
+        self._record_graphs(False)      # evaluations after the solve (dL/dt, ...) are not stages
         self.last_step_times, self.last_taus, self.last_event_index = record.step_times, record.taus, run.event_index
         self.stats.forward_time = time.perf_counter() - start
         self.stats.communication_time = self.group.seconds    # since the call began (argument checks too)
@@ -346,6 +359,7 @@ class Driver:
             previous.plan = plan
         else:
             self._pass = Pass(None, None, plan)
+        self._record_graphs(keep_trajectory)
         try:
             self.stepper.configure(keep_trajectory, replay=True)
             self.stepper.start(self.sol, state, float(plan[n0]), n0, float(plan[n0 + 1] - plan[n0]))
@@ -356,6 +370,8 @@ class Driver:
                 raise self._stopped(float(plan[n1]))
         finally:
             self._pass = previous
+            if self.field.graphs is not None:
+                self.field.graphs.recording = False
         self._trajectory_token = self._token if keep_trajectory else None
         return self.sol.getArray(readonly=True).copy()
 
@@ -440,6 +456,21 @@ class Driver:
 
     def forget_trajectory(self) -> None:
         self._trajectory_token = None
+        self._record_graphs(None)
+
+    def _record_graphs(self, record: bool | None) -> None:
+        """Start keeping the stage graphs of the coming steps (dropping older ones), stop (``False``:
+        keep what is kept), or drop them all (``None``)."""
+        graphs = self.field.graphs
+        if graphs is None:
+            return
+        if record is None:
+            graphs.clear()
+            graphs.recording = False
+            return
+        if record:
+            graphs.clear()
+        graphs.recording = record
 
     def backward(self, record: ForwardRecord, grad_outputs: torch.Tensor, outputs: torch.Tensor | None
                  ) -> _adjoint.Gradients:
