@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 # Build against this checkout's pnode, whatever is installed in the environment.
@@ -60,3 +61,29 @@ html_copy_source = False
 pygments_style = "friendly"
 # "--iters" stays two hyphens and quotes stay straight: the pages are full of command lines.
 smartquotes = False
+
+
+# pnode's docstrings define no reST substitutions, so "|x|" in their prose is an absolute value, not a
+# substitution reference (which docutils would report as undefined): escape it outside inline literals,
+# doctest lines and literal blocks.
+_ABSOLUTE = re.compile(r"(?<![\\`])\|(?=[^|\s`][^|`]*\|)")
+
+
+def _escape_absolute_values(app, what, name, obj, options, lines):
+    literal_indent = None
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None and line.strip() and indent <= literal_indent:
+            literal_indent = None
+        stripped = line.strip()
+        if literal_indent is not None or stripped.startswith((">>>", "...")):
+            continue
+        parts = line.split("``")
+        parts[::2] = [_ABSOLUTE.sub(r"\\|", part) for part in parts[::2]]   # even parts: outside ``...``
+        lines[i] = "``".join(parts)
+        if stripped.endswith("::"):
+            literal_indent = indent
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _escape_absolute_values)
