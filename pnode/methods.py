@@ -189,23 +189,19 @@ REFUSED: dict[str, str] = {
         "torchdiffeq's fixed_adams is its implicit_adams (Adams-Bashforth-Moulton, fixed grid); PETSc 3.26 "
         "has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: rk4 or "
         "dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
-    "scipy_solver": (
-        "torchdiffeq's scipy_solver calls scipy.integrate.solve_ivp without gradients; pnode integrates with "
-        "PETSc only.  The same schemes with PETSc's adjoint: scipy's 'RK45' is method='dopri5', 'RK23' is "
-        "method='bosh3'; 'DOP853' (Hairer's 8(5,3)), 'Radau' (adaptive Radau IIA), 'BDF' (variable-order NDF) "
-        "and 'LSODA' have no PETSc scheme with the same tableau (nearest: rk8vr or dopri8, arkimex5, bdf)"),
 }
 REFUSED.update({row.name: f"{row.name} ({row.description.split(',')[0]}): " + _IRK_MISSING.format(tableau=row.tableau)
                 for row in _IRK})
-
-# scipy.integrate.solve_ivp's method names with a PETSc scheme of the same tableau (for options['solver'])
-SCIPY_EQUIVALENTS = {"RK45": "dopri5", "RK23": "bosh3"}
 
 METHODS: dict[str, Method] = {m.name: m for m in _PETSC_RK}
 METHODS.update({m.name: m for m in _TORCHDIFFEQ})
 METHODS.update({m.name: m for m in _PETSC_IMPLICIT})
 METHODS.update({m.name: m for m in _TORCHDIFFEQ_IMPLICIT})
 METHODS.update({m.name: m for m in _ALIASES})
+# torchdiffeq's wrapper of scipy.integrate.solve_ivp: outside PETSc, forward only (options['solver'])
+METHODS["scipy_solver"] = Method("scipy_solver", "scipy", None, 5, True, adjoint=False, form="scipy",
+                                 description="scipy.integrate.solve_ivp (options['solver'], default RK45); "
+                                             "forward only, no adjoint")
 
 # names are case-insensitive (torchdiffeq's radauIIA3 has capitals)
 _METHODS_LOWER = {k.lower(): m for k, m in METHODS.items()}
@@ -299,6 +295,11 @@ def running_tableau(ts) -> str | None:
 
 def require_adjoint(method: Method) -> None:
     if not method.adjoint:
-        raise AdjointNotAvailableError(
-            f"PETSc has no discrete adjoint for method {method.name!r} (TS type {method.ts_type}); "
-            "gradients need one of: " + ", ".join(n for n, m in sorted(METHODS.items()) if m.adjoint))
+        raise AdjointNotAvailableError(no_adjoint_message(method))
+
+
+def no_adjoint_message(method: Method) -> str:
+    where = "scipy integrates outside PETSc" if method.ts_type == "scipy" else \
+        f"PETSc has no discrete adjoint for TS type {method.ts_type}"
+    return (f"method {method.name!r} runs forward only ({where}); gradients need one of: "
+            + ", ".join(n for n, m in sorted(METHODS.items()) if m.adjoint))
