@@ -72,21 +72,22 @@ class ShapeMismatchError(InvalidArgumentError):
 
 
 class AdjointNotAvailableError(PnodeError):
-    """The chosen PETSc integrator has no discrete adjoint, so gradients cannot be computed.
+    """The chosen integrator has no discrete adjoint, so gradients cannot be computed.
 
-    ``bdf`` and ``rosw`` integrate forward only; the message lists the methods that have an adjoint.
-    Run such solves under :func:`torch.no_grad`, or pick one of the listed methods.
+    ``bdf``, ``rosw`` and ``scipy_solver`` integrate forward only: the solve runs, and the backward pass
+    raises this error, whose message lists the methods that have an adjoint.  Run such solves under
+    :func:`torch.no_grad`, or pick one of the listed methods.
 
     Examples
     --------
     >>> import torch, pnode
     >>> y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    >>> ys = pnode.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="bdf")
     >>> try:
-    ...     pnode.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="bdf",
-    ...                  adjoint_params=())
+    ...     ys.sum().backward()
     ... except pnode.AdjointNotAvailableError as error:
     ...     print(str(error).split(";")[0])
-    PETSc has no discrete adjoint for method 'bdf' (TS type bdf)
+    method 'bdf' runs forward only (PETSc has no discrete adjoint for TS type bdf)
     """
 
 
