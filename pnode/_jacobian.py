@@ -14,9 +14,10 @@ Newton solves with in the forward pass and, transposed, in the adjoint.
   assembled in a PETSc AIJ matrix, GMRES with point-block Jacobi; PETSc's TSIRK (Gauss-Legendre, Radau
   IIA) builds its stage matrix over an assembled Jacobian and gets ``aij`` by default.
 
-Every shell strategy gives PETSc a Python shell (``mult``, ``multTranspose``, ``scale``, ``duplicate``: the
-methods the theta, ARKIMEX and DIRK forward and adjoint call); every strategy sets its KSP/PC before PETSc reads the
-options database, so ``-ksp_type``, ``-pc_type``, ``-ksp_rtol``, ``-snes_*`` still override them.
+The shell strategies give PETSc a Python shell (``mult``, ``multTranspose``, ``scale``, ``duplicate``:
+the methods the theta, ARKIMEX and DIRK forward and adjoint call).  Every strategy sets its KSP/PC before
+PETSc reads the options database, so ``-ksp_type``, ``-pc_type``, ``-ksp_rtol``, ``-snes_*`` still
+override them.
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ class Assembled(JacobianStrategy):
         local_columns = np.arange(self.d, dtype=PETSc.IntType)
         self._row_starts = np.arange(0, n * self.d + 1, self.d, dtype=PETSc.IntType)
         self._columns = (start + (np.arange(n, dtype=PETSc.IntType) // self.d * self.d)[:, None]
-                         + local_columns[None, :]).reshape(-1).astype(PETSc.IntType)
+                         + local_columns[None, :]).reshape(-1)
         return matrix
 
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
