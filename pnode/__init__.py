@@ -17,6 +17,7 @@ from .errors import (
                      UnknownMethodError,
 )
 from .methods import METHODS, available_methods, method_table
+from .regularization import embedded_error_estimate, local_error_regularizer
 from .stats import SolveStats
 
 __version__ = "0.1.0"
@@ -26,4 +27,5 @@ __all__ = [
     "available_methods", "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError",
     "ShapeMismatchError", "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError",
     "MaxStepsError", "StepSizeUnderflowError", "BackwardError", "RemoteRankError",
+    "embedded_error_estimate", "local_error_regularizer",
 ]

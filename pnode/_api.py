@@ -136,6 +136,11 @@ class ODESolver:
         return event_t, spec.layout.unflatten(outputs)
 
     @property
+    def distributed(self) -> bool:
+        """Whether this solver's ``comm`` spans more than one rank."""
+        return self.group.distributed
+
+    @property
     def step_times(self) -> torch.Tensor:
         """Accepted step boundaries of the latest forward solve, in the user's time (t[0] first)."""
         return torch.from_numpy(self._step_times.copy())

@@ -23,14 +23,14 @@ from . import _adjoint
 from ._bridge import PETSC_DTYPE, vec_as_tensor
 from ._checkpointing import ScheduleRunner
 from ._failures import CallbackErrors, nonfinite_error, petsc_error, stopped_error
-from ._field import VectorField
+from ._field import StageGraphs, VectorField
 from ._implicit import ImplicitProblem
 from ._options import SolveOptions
 from ._petsc import PETSc
 from ._protocols import Problem
 from ._rhs import RHSProblem
 from ._spec import SolveSpec
-from ._stepping import Pass, first_step, plan_output_steps, rms_all
+from ._stepping import Pass, StepCallbacks, first_step, plan_output_steps, rms_all
 from ._timegrid import constructed_grid, fixed_step_times, same_time_tolerance
 from ._ts import TimeStepper
 from .distributed import RankGroup
@@ -98,6 +98,12 @@ class Driver:
         self.errors = CallbackErrors(poison=group.distributed)
         self.field = VectorField(func, spec.layout, spec.time_dtype, stats)
         self.field.bind(spec)
+        if options.keep_graph:
+            if method.form != "rhs":
+                raise InvalidArgumentError(
+                    f"options['keep_graph'] keeps the stage graphs of explicit methods; {method.name!r} is implicit "
+                    "(its adjoint needs the stage Jacobians, not the stage graphs): remove the option")
+            self.field.graphs = StageGraphs()
         self.n_local = spec.layout.size
         self.problem = _make_problem(self.field, method, self.n_local, spec, group, self.errors, options)
         events = None if spec.event is None else (spec.event.count, self._event_indicator, self._post_event)
@@ -116,6 +122,7 @@ class Driver:
         self.last_step_times = np.zeros(0)
         self.leases = 0
         self._stepping = False        # inside a TS solve or adjoint (perturb/jump_t nudges apply)
+        self._callbacks: StepCallbacks | None = None
         self._jumps: frozenset = frozenset()
 
     @property
@@ -140,6 +147,8 @@ class Driver:
     def _pre_step(self, ts) -> None:
         if self._in_adjoint:        # PETSc re-stepping inside TSAdjoint (solution-only trajectories)
             return
+        if self._callbacks is not None and self._pass.capturing:
+            self._step_start = self.field.layout.unflatten(vec_as_tensor(self.sol).clone())
         try:
             dt = self._pass.next_step(ts.getStepNumber(), ts.getTime(), ts.getTimeStep())
             if dt is not None:
@@ -187,21 +196,37 @@ class Driver:
         grid = self.options.grid_constructor(self.field.func, spec.layout.unflatten(y0), t_user)
         return constructed_grid(grid, float(taus[0]), float(taus[-1]), taus, spec.sign)
 
-    def _nudge(self, tau: float) -> float:
-        """``perturb`` / ``jump_t``: a stage at either end of the current step is evaluated just inside
-        the step (the forward pass and the adjoint see the same times)."""
+    def _observe(self, tau: float) -> float:
+        """Called at every evaluation of the vector field while a TS call runs (installed only when
+        needed): tells the step callbacks which attempt it belongs to, and for ``perturb`` / ``jump_t``
+        moves a stage at either end of the current step just inside it (the forward pass and the adjoint
+        see the same times): returns +1 at the step's start, -1 at its end, 0 elsewhere."""
         if not self._stepping:
-            return tau
+            return 0.0
         now, dt = self.ts.getTime(), self.ts.getTimeStep()
+        graphs = self.field.graphs
+        if graphs is not None and not self._in_adjoint:
+            graphs.attempt = (now, dt)
+        if self._callbacks is not None:
+            if self._in_adjoint:
+                self._callbacks.saw_adjoint(now, dt, self.field.sign, self._adjoint_state)
+            elif self._pass is not None and self._pass.capturing:
+                self._callbacks.saw(now, dt)
+        if not self.options.perturb and not self._jumps:
+            return 0.0
         start, end = (now + dt, now) if self._in_adjoint else (now, now + dt)
         if tau != start and tau != end:
-            return tau
+            return 0.0
         if not self.options.perturb and not any(abs(tau - j) <= same_time_tolerance(j) for j in self._jumps):
-            return tau
-        return float(np.nextafter(tau, math.inf if tau == start else -math.inf))
+            return 0.0
+        return 1.0 if tau == start else -1.0
 
     def _after_step(self, ts) -> None:
         run, tau = self._pass, ts.getTime()
+        if self.field.graphs is not None and self.field.graphs.recording:
+            self.field.graphs.accept(tau)
+        if self._callbacks is not None and run.capturing:
+            self._callbacks.step_done(self._step_start, self.field.sign, self.stepper.adaptive)
         if self._jumps and any(abs(tau - j) <= same_time_tolerance(j) for j in self._jumps):
             ts.restartStep()     # func jumps here: no first-same-as-last reuse of the stage before it
         if run.capturing:
@@ -262,12 +287,15 @@ class Driver:
         elif not self.stepper.adaptive and step is None:
             raise InvalidArgumentError(f"method {self.running.name!r} steps on a fixed grid: with event_fn give "
                                        "its step as options={'step_size': h}")
+        checkpointed = keep and self.options.checkpoints is not None
         run = self._pass = Pass(taus, outputs, plan, spec.event)
         landmarks, self._jumps = self.options.landmarks(spec.sign)
         run.landmarks = tuple(m for m in landmarks if taus[0] < m < taus[-1]) if plan is None else ()
-        self.field.nudge = self._nudge if (self.options.perturb or self._jumps) else None
+        self._callbacks = StepCallbacks.of(self.field.func, self.stepper.adaptive)
+        needed = self.options.perturb or self._jumps or self._callbacks is not None or self.field.graphs is not None
+        self._record_graphs(keep and not checkpointed)
+        self.field.nudge = self._observe if needed else None
         runner = None
-        checkpointed = keep and self.options.checkpoints is not None
         if len(taus) > 1 and checkpointed and plan is not None:
             # fixed steps: the schedule's forward part is this forward pass (it stores its checkpoints)
             runner = ScheduleRunner(self, self.options.checkpoints, plan, plan_output_steps(plan, taus))
@@ -296,6 +324,7 @@ class Driver:
         record = ForwardRecord(self._token, spec, run.taus.copy(), np.asarray(run.step_times),
                                list(run.output_steps), y0.clone(), runner, run.event_index)
         self._pass = None
+        self._record_graphs(False)      # evaluations after the solve (dL/dt, ...) are not stages
         self.last_step_times, self.last_taus, self.last_event_index = record.step_times, record.taus, run.event_index
         self.stats.forward_time = time.perf_counter() - start
         self.stats.communication_time = self.group.seconds    # since the call began (argument checks too)
@@ -330,6 +359,7 @@ class Driver:
             previous.plan = plan
         else:
             self._pass = Pass(None, None, plan)
+        self._record_graphs(keep_trajectory)
         try:
             self.stepper.configure(keep_trajectory, replay=True)
             self.stepper.start(self.sol, state, float(plan[n0]), n0, float(plan[n0 + 1] - plan[n0]))
@@ -340,6 +370,8 @@ class Driver:
                 raise self._stopped(float(plan[n1]))
         finally:
             self._pass = previous
+            if self.field.graphs is not None:
+                self.field.graphs.recording = False
         self._trajectory_token = self._token if keep_trajectory else None
         return self.sol.getArray(readonly=True).copy()
 
@@ -415,11 +447,30 @@ class Driver:
     def add_to_cost_gradient(self, values: np.ndarray) -> None:
         self._sweep.add_to_cost_gradient(values)
 
+    def _adjoint_state(self):
+        """dL/dy at the current adjoint step, in the user's layout (for callback_step_adjoint)."""
+        return self.field.layout.unflatten(vec_as_tensor(self._sweep.lam).clone())
+
     def holds_trajectory_of(self, record: ForwardRecord) -> bool:
         return self._trajectory_token is not None and self._trajectory_token == record.token
 
     def forget_trajectory(self) -> None:
         self._trajectory_token = None
+        self._record_graphs(None)
+
+    def _record_graphs(self, record: bool | None) -> None:
+        """Start keeping the stage graphs of the coming steps (dropping older ones), stop (``False``:
+        keep what is kept), or drop them all (``None``)."""
+        graphs = self.field.graphs
+        if graphs is None:
+            return
+        if record is None:
+            graphs.clear()
+            graphs.recording = False
+            return
+        if record:
+            graphs.clear()
+        graphs.recording = record
 
     def backward(self, record: ForwardRecord, grad_outputs: torch.Tensor, outputs: torch.Tensor | None
                  ) -> _adjoint.Gradients:
@@ -430,6 +481,8 @@ class Driver:
                                 "with another state shape rebuilt it) before backward(); call backward() first")
         start = time.perf_counter()
         self.field.bind(record.spec)
+        if self._callbacks is not None:
+            self._callbacks.adjoint_step = None
         self._sweep = _adjoint.Sweep(self, record)
         try:
             gradients = self._sweep.run(grad_outputs, outputs)

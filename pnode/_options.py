@@ -25,6 +25,9 @@ _DOC = {
                 "matrix: 'aij' (dense rows) / 'aij_batched' (per-sample blocks); default: dense up to 64 "
                 "unknowns, matrix_free above; 'aij' for gl4, gl6, radauIIA3, radauIIA5 (which need aij*)",
     "theta": "theta of method='theta' (default 0.5)",
+    "keep_graph": "explicit methods: keep every stage's autograd graph from the forward pass for the adjoint "
+                  "(no re-evaluation: about the speed and the memory of backpropagation through the solver; "
+                  "with checkpoints, only the graphs of the segment being reversed); default False",
     # torchdiffeq's step control, mapped onto PETSc's adaptor
     "min_step": "adaptive methods: smallest step the controller may take (PETSc -ts_adapt_dt_min)",
     "max_step": "adaptive methods: largest step (PETSc -ts_adapt_dt_max; inf = no limit)",
@@ -60,6 +63,7 @@ class SolveOptions:
     jump_t: tuple[float, ...] = ()
     grid_constructor: object = None
     perturb: bool = False
+    keep_graph: bool = False
 
     def landmarks(self, sign: float) -> tuple[tuple[float, ...], frozenset]:
         """step_t and jump_t in integration time (sorted), and the jump times among them."""
@@ -115,7 +119,8 @@ class SolveOptions:
                                        f"got {type(grid).__name__}")
         return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
                    jacobian, theta, adapt=_adapt_options(options), step_t=_times(options, "step_t"),
-                   jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")))
+                   jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")),
+                   keep_graph=bool(options.get("keep_graph")))
 
 
 def _adapt_options(options: Mapping) -> dict[str, str]:
