@@ -171,9 +171,9 @@ TABLEAU_ACCESS = {
 # stiff methods to suggest when a gradient is asked of a forward-only family
 _WITH_ADJOINT_HINT = "gauss2 (implicit_midpoint), sdirk2, trbdf2, arkimex4, dirkes324sal"
 NO_ADJOINT_REASON = {
-    "irk": "PETSc 3.26's TSIRK (fully implicit Runge-Kutta) implements no adjoint step",
-    "bdf": "PETSc 3.26's TSBDF implements no adjoint step",
-    "rosw": "PETSc 3.26's TSROSW implements no adjoint step",
+    "irk": "PETSc 3.26 has no discrete adjoint for TSIRK, the fully implicit Runge-Kutta family",
+    "bdf": "PETSc 3.26 has no discrete adjoint for TS type bdf",
+    "rosw": "PETSc 3.26 has no discrete adjoint for TS type rosw",
 }
 
 # torchdiffeq names pnode refuses, with the reason: running another scheme under these names would be wrong
@@ -191,15 +191,7 @@ REFUSED: dict[str, str] = {
         "torchdiffeq's fixed_adams is its implicit_adams (Adams-Bashforth-Moulton, fixed grid); PETSc 3.26 "
         "has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: rk4 or "
         "dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
-    "scipy_solver": (
-        "torchdiffeq's scipy_solver calls scipy.integrate.solve_ivp without gradients; pnode integrates with "
-        "PETSc only.  The same schemes with PETSc's adjoint: scipy's 'RK45' is method='dopri5', 'RK23' is "
-        "method='bosh3'; 'DOP853' (Hairer's 8(5,3)), 'Radau' (adaptive Radau IIA), 'BDF' (variable-order NDF) "
-        "and 'LSODA' have no PETSc scheme with the same tableau (nearest: rk8vr or dopri8, arkimex5, bdf)"),
 }
-
-# scipy.integrate.solve_ivp's method names with a PETSc scheme of the same tableau (for options['solver'])
-SCIPY_EQUIVALENTS = {"RK45": "dopri5", "RK23": "bosh3"}
 
 METHODS: dict[str, Method] = {m.name: m for m in _PETSC_RK}
 METHODS.update({m.name: m for m in _TORCHDIFFEQ})
@@ -207,6 +199,10 @@ METHODS.update({m.name: m for m in _PETSC_IMPLICIT})
 METHODS.update({m.name: m for m in _TORCHDIFFEQ_IMPLICIT})
 METHODS.update({m.name: m for m in _IRK})
 METHODS.update({m.name: m for m in _ALIASES})
+# torchdiffeq's wrapper of scipy.integrate.solve_ivp: outside PETSc, forward only (options['solver'])
+METHODS["scipy_solver"] = Method("scipy_solver", "scipy", None, 5, True, adjoint=False, form="scipy",
+                                 description="scipy.integrate.solve_ivp (options['solver'], default RK45); "
+                                             "forward only, no adjoint")
 
 # names are case-insensitive (torchdiffeq's radauIIA3 has capitals)
 _METHODS_LOWER = {k.lower(): m for k, m in METHODS.items()}
@@ -301,9 +297,13 @@ def running_tableau(ts) -> str | None:
 def require_adjoint(method: Method) -> None:
     """Raise :class:`AdjointNotAvailableError` when a gradient is asked of a forward-only method."""
     if not method.adjoint:
-        why = NO_ADJOINT_REASON.get(method.ts_type, f"PETSc's TS type {method.ts_type} implements no adjoint step")
-        stiff = f" (stiff problems: {_WITH_ADJOINT_HINT})" if method.implicit else ""
-        raise AdjointNotAvailableError(
-            f"PETSc has no discrete adjoint for method {method.name!r}: {why}.  Run it without gradients "
-            "(torch.no_grad(), or nothing requiring grad), or use a method with an adjoint" + stiff + "; all "
-            "of them: " + ", ".join(n for n, m in sorted(METHODS.items()) if m.adjoint))
+        raise AdjointNotAvailableError(no_adjoint_message(method))
+
+
+def no_adjoint_message(method: Method) -> str:
+    """Why ``method`` gives no gradient, and the methods that do (the stiff ones first for implicit ones)."""
+    where = "scipy integrates outside PETSc" if method.ts_type == "scipy" else NO_ADJOINT_REASON.get(
+        method.ts_type, f"PETSc has no discrete adjoint for TS type {method.ts_type}")
+    stiff = f" (stiff problems: {_WITH_ADJOINT_HINT})" if method.implicit else ""
+    return (f"method {method.name!r} runs forward only ({where}); gradients need one of{stiff}: "
+            + ", ".join(n for n, m in sorted(METHODS.items()) if m.adjoint))

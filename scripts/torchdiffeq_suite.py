@@ -179,7 +179,8 @@ STAND_IN = textwrap.dedent('''
             method = kwargs.get("method")
             _skip(f"method {method!r} (refused: see pnode.method_table() and the README)")
         except pnode.AdjointNotAvailableError:
-            # the method runs forward (its forward cases count), but the case asks for a gradient
+            # a gradient asked of a forward-only method at the call itself (pnode normally raises it in
+            # backward(), which _forward_only_as_skipped below counts)
             raise unittest.SkipTest("no discrete adjoint in PETSc for this family (method "
                                     f"{kwargs.get('method')!r}: forward only)") from None
         except pnode.InvalidArgumentError as error:
