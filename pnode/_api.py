@@ -7,6 +7,7 @@ the autograd function, which calls the driver forward and, on ``backward()``, ba
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from ._options import SolveOptions
 from ._petsc import check_scalar_type
 from ._scipy import solve_with_scipy
 from ._spec import SolveSpec
+from ._stepping import StepCallbacks
 from ._timegrid import check_times
 from .distributed import RankGroup
 from .errors import InvalidArgumentError
@@ -174,6 +176,10 @@ class ODESolver:
     def _solve_with_scipy(self, y0: State, t: torch.Tensor, event_fn: Callable | None):
         if event_fn is not None or self.group.distributed:
             raise InvalidArgumentError("method='scipy_solver' supports neither event_fn nor comm=: use a PETSc method")
+        hooks = [name for name in StepCallbacks.FORWARD + StepCallbacks.ADJOINT if hasattr(self.func, name)]
+        if hooks:
+            warnings.warn(f"{', '.join(hooks)} on func are never called by method='scipy_solver' (scipy offers no "
+                          "step hooks)", stacklevel=3)
         spec = self._spec(y0, t, None)
         y0_flat = spec.layout.flatten(y0)
         outputs = solve_with_scipy(self.func, spec, y0_flat, self.rtol, self.atol, self.options.solver,
