@@ -21,8 +21,9 @@ _DOC = {
     "checkpoints": "bound the adjoint's memory: K (states in RAM), {'ram': K, 'disk': M}, or a factory "
                    "n_steps -> checkpoint_schedules schedule (default: keep every step in memory)",
     "jacobian": "implicit methods: 'matrix_free' (JVP/VJP shells, GMRES), 'batched' (leading dim of y0 = "
-                "independent samples: per-sample blocks, exact batched LU) or 'dense'; default: dense up to "
-                "64 unknowns, matrix_free above",
+                "independent samples: per-sample blocks, exact batched LU), 'dense', or assembled in a PETSc AIJ "
+                "matrix: 'aij' (dense rows) / 'aij_batched' (per-sample blocks); default: dense up to 64 "
+                "unknowns, matrix_free above; 'aij' for gl4, gl6, radauIIA3, radauIIA5 (which need aij*)",
     "theta": "theta of method='theta' (default 0.5)",
     "keep_graph": "explicit methods: keep every stage's autograd graph from the forward pass for the adjoint "
                   "(no re-evaluation: about the speed and the memory of backpropagation through the solver; "
