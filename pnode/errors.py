@@ -86,8 +86,8 @@ class AdjointNotAvailableError(PnodeError):
     >>> try:
     ...     ys.sum().backward()
     ... except pnode.AdjointNotAvailableError as error:
-    ...     print(str(error).split(";")[0])
-    method 'bdf' runs forward only (PETSc has no discrete adjoint for TS type bdf)
+    ...     print(str(error).split(" (")[0])
+    method 'bdf' runs forward only
     """
 
 
