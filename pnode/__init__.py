@@ -1,5 +1,6 @@
 """pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
 
+from . import nn as nn  # the public module pnode.nn (ODEBlock, CNF)
 from .api import ODESolver, last_stats, odeint, odeint_adjoint
 from .errors import (
                      AdjointNotAvailableError,
