@@ -255,7 +255,8 @@ def parse(argv=None):
     parser.add_argument("--plot-samples", type=int, default=20000)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: small MLPs gain nothing from more; 0: torch's default)")
     parser.add_argument("--out", default="outputs")
     parser.add_argument("--no-plot", action="store_true")
     args, _petsc_args = parser.parse_known_args(argv)   # the rest are PETSc options

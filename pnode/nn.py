@@ -225,7 +225,7 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
     Examples
     --------
-    >>> float(standard_normal_log_prob(torch.zeros(1, 2)))  # -log(2 pi)
+    >>> float(standard_normal_log_prob(torch.zeros(1, 2, dtype=torch.float64)))  # -log(2 pi)
     -1.8378770664093453
     """
     flat = z.reshape(z.shape[0], -1)

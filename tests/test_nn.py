@@ -333,3 +333,12 @@ def test_bad_arguments_at_call_time():
         ODEBlock(Field(), method="rk-nonexistent")(torch.randn(2, 2))
     with pytest.raises(pnode.InvalidArgumentError, match="noise"):
         sample_noise((2, 2), "poisson")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import pnode.nn
+
+    failed, attempted = doctest.testmod(pnode.nn, optionflags=doctest.ELLIPSIS)
+    assert attempted >= 4 and failed == 0
