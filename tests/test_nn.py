@@ -342,3 +342,25 @@ def test_docstring_examples_run():
 
     failed, attempted = doctest.testmod(pnode.nn, optionflags=doctest.ELLIPSIS)
     assert attempted >= 4 and failed == 0
+
+
+def test_odeblock_and_cnf_under_mpi_equal_one_rank(tmp_path):
+    """comm=: two ranks on uneven shards give the one-rank outputs, steps and parameter gradients (the
+    gradient of the global loss, summed by pnode), for fixed and adaptive steps."""
+    import os
+
+    import numpy as np
+    from mpi_run import WORKERS, check, mpiexec
+
+    worker = os.path.join(WORKERS, "nn_ranks.py")
+    runs = {}
+    for n in (1, 2):
+        path = str(tmp_path / f"n{n}.npz")
+        check(mpiexec(n, [worker, path], timeout=120))
+        runs[n] = np.load(path)
+    assert sorted(runs[1].files) == sorted(runs[2].files) and len(runs[1].files) == 3 * 4
+    for key in runs[1].files:
+        if key.endswith("_steps"):
+            assert int(runs[1][key]) == int(runs[2][key]) > 0, key
+        else:
+            np.testing.assert_allclose(runs[2][key], runs[1][key], rtol=1e-10, atol=1e-13, err_msg=key)
