@@ -214,7 +214,8 @@ def plot(name: str, cnf: CNF, evaluator: CNF, args) -> str:
     mass = float(model_density.sum()) * (edges[1] - edges[0]) ** 2
     true_density = density(name, np.stack([xx, yy], axis=-1))
     data = sample_density(name, args.plot_samples, np.random.default_rng(args.seed + 2))
-    samples = cnf.sample(args.plot_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).numpy()
+    samples = evaluator.sample(args.plot_samples, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    samples = samples.numpy()
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.4))
     extent = (-lim, lim, -lim, lim)
@@ -222,10 +223,12 @@ def plot(name: str, cnf: CNF, evaluator: CNF, args) -> str:
     axes[0].set_title("true density")
     axes[1].hist2d(data[:, 0], data[:, 1], bins=120, range=[[-lim, lim], [-lim, lim]], cmap="magma")
     axes[1].set_title(f"data ({len(data)} samples)")
-    axes[2].imshow(model_density.numpy(), origin="lower", extent=extent, cmap="magma")
+    # colour scale clipped at a high quantile: a thin spike of the model must not hide the rest
+    axes[2].imshow(model_density.numpy(), origin="lower", extent=extent, cmap="magma",
+                   vmax=float(np.quantile(model_density.numpy(), 0.995)))
     axes[2].set_title(f"model density (mass in view {mass:.3f})")
     axes[3].hist2d(samples[:, 0], samples[:, 1], bins=120, range=[[-lim, lim], [-lim, lim]], cmap="magma")
-    axes[3].set_title(f"model samples (flow run backwards, {len(samples)})")
+    axes[3].set_title(f"model samples ({len(samples)}, the flow run backwards)")
     for ax in axes:
         ax.set_aspect("equal")
         ax.set_xticks([])
@@ -258,7 +261,7 @@ def parse(argv=None):
                         help="weight of each RNODE regularizer (kinetic energy, Jacobian Frobenius); 0: none")
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--test-samples", type=int, default=20000)
-    parser.add_argument("--grid", type=int, default=160, help="points per axis of the density plot")
+    parser.add_argument("--grid", type=int, default=120, help="points per axis of the density plot")
     parser.add_argument("--plot-samples", type=int, default=20000)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
