@@ -1,7 +1,8 @@
 """pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
 
 from . import nn as nn  # the public module pnode.nn (ODEBlock, CNF)
-from .api import ODESolver, last_stats, odeint, odeint_adjoint
+from ._api import ODESolver, last_stats, odeint, odeint_adjoint
+from ._implicit import IMEXField
 from .errors import (
                      AdjointNotAvailableError,
                      BackwardError,
@@ -16,7 +17,6 @@ from .errors import (
                      StepSizeUnderflowError,
                      UnknownMethodError,
 )
-from .implicit import IMEXField
 from .methods import METHODS, available_methods, method_table
 from .stats import SolveStats
 

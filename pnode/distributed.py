@@ -15,14 +15,17 @@ happened, :class:`~pnode.errors.RemoteRankError` on the others.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._bridge import ParamLayout
 from ._petsc import PETSc
-from .errors import InvalidArgumentError, PnodeError, RemoteRankError
+from .errors import InvalidArgumentError, RemoteRankError
 
 
 def petsc_comm(comm: Any) -> PETSc.Comm:
@@ -47,10 +50,6 @@ def mpi_comm(comm: Any):
     if isinstance(comm, PETSc.Comm):
         return comm.tompi4py()
     return comm
-
-
-def is_distributed(comm: PETSc.Comm) -> bool:
-    return comm.getSize() > 1
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -96,15 +95,15 @@ def allreduce_gradients(params: Iterable[torch.Tensor], comm: Any = None, averag
     params = [p for p in params if p.grad is not None]
     if not params or mpi.Get_size() == 1:
         return
-    flat = np.concatenate([p.grad.detach().cpu().double().reshape(-1).numpy() for p in params])
+    grads = [p.grad for p in params]
+    layout = ParamLayout.of(grads)
+    flat = np.empty(layout.size)
+    layout.write(flat, grads)
     allreduce_sum_(flat, mpi)
     if average:
         flat /= mpi.Get_size()
-    offset = 0
-    for p in params:
-        n = p.grad.numel()
-        p.grad.copy_(torch.from_numpy(flat[offset:offset + n]).view_as(p.grad))
-        offset += n
+    for grad, summed in zip(grads, layout.split(torch.from_numpy(flat))):
+        grad.copy_(summed)
 
 
 # ---------------------------------------------------------------------------- failures
@@ -146,6 +145,94 @@ def raise_agreed(comm, local_error: BaseException | None, failed_rank: int | Non
         f"original exception is raised on rank {failed_rank})", rank=failed_rank, description=description)
 
 
+@dataclass(frozen=True)
+class Agreement:
+    """What the ranks agreed on after a PETSc call: the lowest rank whose callback failed (if any),
+    its exception's description, and every rank's PETSc error code (``None`` where the call succeeded)."""
+
+    failed_rank: int | None
+    description: str | None
+    petsc_codes: tuple
+
+    @property
+    def failed(self) -> bool:
+        return self.failed_rank is not None or any(code is not None for code in self.petsc_codes)
+
+    @property
+    def petsc_code(self) -> int | None:
+        return next((code for code in self.petsc_codes if code is not None), None)
+
+
+class RankGroup:
+    """The ranks of one solve, and the only place that asks whether a solve is distributed.
+
+    Every collective pnode makes during a solve goes through this object, which also counts the time
+    spent in them (:attr:`seconds`, reported as ``SolveStats.communication_time``).  On one rank every
+    method is a local no-op.
+    """
+
+    def __init__(self, comm: Any = None):
+        self.comm = petsc_comm(comm)
+        self.size = self.comm.getSize()
+        self.distributed = self.size > 1
+        self.mpi = self.comm.tompi4py() if self.distributed else None
+        self.seconds = 0.0
+
+    def _timed(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def total(self, n_local: int) -> int:
+        """Sum of ``n_local`` over the ranks."""
+        return int(self._timed(self.mpi.allreduce, int(n_local))) if self.distributed else n_local
+
+    def sum_(self, array: np.ndarray) -> np.ndarray:
+        """In-place global sum of a contiguous float64 array (identity on one rank)."""
+        if self.distributed:
+            self._timed(allreduce_sum_, array, self.mpi)
+        return array
+
+    def global_sum(self, values: np.ndarray, errors, what: str = "the solve") -> np.ndarray:
+        """Sum of ``values`` over the ranks, raising on every rank if any rank recorded a failure in
+        ``errors`` (a :class:`~pnode._failures.CallbackErrors`) since the last agreement."""
+        if not self.distributed:
+            return values
+        failed = 1.0 if errors.error is not None else 0.0
+        buffer = np.ascontiguousarray(np.append(np.asarray(values, dtype=np.float64), failed))
+        self.sum_(buffer)
+        if buffer[-1]:
+            local = errors.pop()
+            self.raise_agreed(self.agree(local, None), local, what)
+        return buffer[:-1]
+
+    def any_rank(self, flags: np.ndarray) -> np.ndarray:
+        """Element-wise: does any rank hold a non-zero flag?  (Every rank gets the same answer.)"""
+        return self.sum_(np.ascontiguousarray(flags, dtype=np.float64)) > 0
+
+    def agree(self, local_error: BaseException | None, petsc_code: int | None,
+              consequences: tuple[type[BaseException], ...] = ()) -> Agreement:
+        """Collective after a PETSc call (MPI only): what failed where."""
+        rank, description, codes = self._timed(agree_on_failure, self.mpi, local_error, extra=petsc_code,
+                                               consequences=consequences)
+        return Agreement(rank, description, tuple(codes))
+
+    def raise_agreed(self, agreement: Agreement, local_error: BaseException | None, what: str) -> None:
+        """Raise the agreed failure of a callback on every rank (nothing if only PETSc codes failed)."""
+        raise_agreed(self.mpi, local_error, agreement.failed_rank, agreement.description, what)
+
+    def check_consistent(self, local_error: BaseException | None, agree: dict[str, object],
+                         gather: object = None) -> list:
+        """See :func:`check_consistent`; on one rank raises ``local_error`` and returns ``[gather]``."""
+        if not self.distributed:
+            if local_error is not None:
+                raise local_error
+            return [gather]
+        return self._timed(check_consistent, self.mpi, local_error, agree, gather)
+
+
 def check_consistent(comm, local_error: BaseException | None, agree: dict[str, object],
                      gather: object = None) -> list:
     """Collective check at the start of a distributed call: raises on every rank if any rank's arguments
@@ -174,4 +261,4 @@ def _summary(values: Sequence[object]) -> str:
 
 
 __all__ = ["petsc_comm", "mpi_comm", "shard", "shard_range", "global_size", "allreduce_sum_",
-           "allreduce_gradients", "agree_on_failure", "raise_agreed", "check_consistent", "PnodeError"]
+           "allreduce_gradients", "agree_on_failure", "raise_agreed", "check_consistent", "RankGroup", "Agreement"]

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .api import ODESolver
+from ._api import ODESolver
 from .errors import InvalidArgumentError
 from .stats import SolveStats
 

@@ -19,6 +19,7 @@ class SolveStats:
     newton_iterations / krylov_iterations: nonlinear and linear iterations of the forward solve.
     nonlinear_solve_failures: Newton solves that failed (the step was then retried with a smaller step).
     forward_time / backward_time: wall-clock seconds.
+    communication_time: seconds of those spent in pnode's own MPI collectives (0 on one rank).
     checkpoints_ram / checkpoints_disk: states the checkpointing schedule wrote (options["checkpoints"]).
     recomputed_steps: forward steps re-run to serve the adjoint (checkpointing, or a replayed trajectory).
     peak_stored_states: most solution states held at once for the adjoint (checkpoints plus the steps in
@@ -40,6 +41,7 @@ class SolveStats:
     nonlinear_solve_failures: int = 0
     forward_time: float = 0.0
     backward_time: float = 0.0
+    communication_time: float = 0.0
     checkpoints_ram: int = 0
     checkpoints_disk: int = 0
     recomputed_steps: int = 0

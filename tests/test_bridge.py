@@ -3,8 +3,8 @@
 import torch
 
 import pnode
+from pnode._bridge import StateLayout, vec_as_tensor
 from pnode._petsc import PETSc
-from pnode.bridge import StateLayout, vec_as_tensor
 
 
 def test_vec_and_tensor_share_memory():
@@ -25,7 +25,7 @@ def test_vec_and_tensor_share_memory():
 def test_vector_field_receives_petsc_memory_without_copies(monkeypatch):
     """The tensor the vector field sees in a float64 solve is PETSc's input Vec itself (no copy per
     call): record the array address of every Vec PETSc hands to the RHS callback and compare."""
-    from pnode.problem import RHSProblem
+    from pnode._rhs import RHSProblem
 
     petsc_inputs, seen = [], []
     original = RHSProblem.rhs

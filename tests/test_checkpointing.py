@@ -12,7 +12,7 @@ import torch
 from oracles import rel_err
 
 import pnode
-from pnode.checkpointing import CheckpointPolicy, predicted_forward_steps
+from pnode._checkpointing import CheckpointPolicy, predicted_forward_steps
 
 TOL = 1e-13   # replayed steps are the recorded ones; only summation order may differ
 
@@ -211,7 +211,7 @@ def test_implicit_gradients_equal_store_all_and_recompute_as_scheduled(method, b
 
 
 def test_imex_gradients_equal_store_all_with_checkpoints(mlp):
-    from pnode.implicit import IMEXField
+    from pnode import IMEXField
 
     class Damping(torch.nn.Module):
         def __init__(self):

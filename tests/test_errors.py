@@ -80,10 +80,10 @@ def test_wrong_output_shape_and_dtype():
             pnode.odeint(lambda t, y: y.float(), torch.ones(2), T)
 
 
-def test_plain_function_needs_adjoint_params():
-    with pytest.raises(InvalidArgumentError, match="adjoint_params"):
-        pnode.odeint(lambda t, y: -y, torch.ones(2), T)
+def test_plain_function_with_hidden_tensors_needs_adjoint_params():
     k = torch.tensor(0.5, requires_grad=True)
+    with pytest.raises(InvalidArgumentError, match="adjoint_params"):
+        pnode.odeint(lambda t, y: -k * y, torch.ones(2), T)
     y = pnode.odeint(lambda t, y: -k * y, torch.ones(2), T, adjoint_params=(k,))
     (g,) = torch.autograd.grad(y[-1].sum(), [k])
     assert g.item() == pytest.approx(-2 * torch.exp(torch.tensor(-0.5)).item(), rel=1e-6)
@@ -189,3 +189,22 @@ def test_parameters_changed_before_backward():
         func.k.add_(1.0)
     with pytest.raises(pnode.BackwardError, match="modified in place"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("method, petsc, name", [
+    ("dopri5", {"ts_max_steps": "many"}, "ts_max_steps"),            # not an int
+    ("dopri5", {"ts_adapt_type": "bogus"}, "ts_adapt_type"),         # no such adaptor
+    ("beuler", {"ts_rtol": "1e-3", "snes_max_it": "x"}, "snes_max_it"),   # the bad one of two
+    ("beuler", {"ksp_type": "nonexistent"}, "ksp_type"),
+])
+def test_petsc_option_rejected_by_petsc_names_the_option(method, petsc, name):
+    with torch.no_grad(), pytest.raises(InvalidArgumentError, match=rf"options\['petsc'\]\['{name}'\]"):
+        pnode.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3), method=method,
+                     options={"petsc": petsc})
+
+
+def test_meta_tensors_are_refused_with_the_argument_named():
+    with pytest.raises(InvalidArgumentError, match="t is on the 'meta' device"):
+        pnode.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3, device="meta"), adjoint_params=())
+    with pytest.raises(InvalidArgumentError, match="y0 is on the 'meta' device"):
+        pnode.odeint(lambda t, y: -y, torch.ones(2, device="meta"), torch.linspace(0, 1, 3), adjoint_params=())

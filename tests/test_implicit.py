@@ -14,7 +14,7 @@ import torch
 from oracles import rel_err
 
 import pnode
-from pnode.implicit import IMEXField
+from pnode import IMEXField
 
 # Newton solved to rounding, so the discrete map the adjoint differentiates is the one the oracle builds
 TIGHT = {"snes_rtol": 1e-13, "snes_atol": 1e-13, "snes_stol": 1e-16, "snes_max_it": 50, "snes_linesearch_type": "basic"}

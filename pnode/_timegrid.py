@@ -23,6 +23,10 @@ def check_times(t: torch.Tensor) -> tuple[np.ndarray, float]:
         raise InvalidArgumentError(f"t must be a 1-D torch.Tensor of output times, got {type(t).__name__}")
     if t.dim() != 1 or t.numel() < 1:
         raise InvalidArgumentError(f"t must be a non-empty 1-D tensor of output times, got shape {tuple(t.shape)}")
+    if t.device.type == "meta":
+        raise InvalidArgumentError(
+            "t is on the 'meta' device (shape only, no values); pass the output times as a real tensor, "
+            "e.g. torch.linspace(0, 1, 10)")
     if not t.is_floating_point():
         raise InvalidArgumentError(f"t must be a floating-point tensor, got dtype {t.dtype}; use t.double()")
     times = t.detach().to("cpu", torch.float64).numpy().copy()

@@ -100,6 +100,10 @@ class StateLayout:
             where = f"{name}[{i}]" if is_tuple else name
             if not isinstance(p, torch.Tensor):
                 raise InvalidArgumentError(f"{where} must be a torch.Tensor, got {type(p).__name__}")
+            if p.device.type == "meta":
+                raise InvalidArgumentError(
+                    f"{where} is on the 'meta' device (shape only, no data); pass a tensor with values, "
+                    f"e.g. torch.zeros({tuple(p.shape)})")
             if p.dtype not in _SUPPORTED:
                 raise InvalidArgumentError(
                     f"{where} has dtype {p.dtype}; pnode integrates real floating-point states "
@@ -177,11 +181,46 @@ class StateLayout:
         lead = flat.shape[:-1]
         parts = []
         for lo, hi, shape in self.slices:
-            part = flat[..., lo:hi].reshape(*lead, *shape)
+            part = flat[..., lo:hi].reshape(tuple(lead) + shape)
             if self.needs_cast:
                 part = part.to(dtype=self.dtype, device=self.device)
             parts.append(part)
         return self.pack(parts)
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """How the vector field's parameters map onto the flat parameter-gradient Vec (the columns of the
+    parameter Jacobian): one slice per parameter, in order.  The one place that knows the offsets."""
+
+    shapes: tuple[torch.Size, ...]
+    dtypes: tuple[torch.dtype, ...]
+    slices: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        offsets = np.cumsum([0] + [math.prod(s) for s in self.shapes])
+        object.__setattr__(self, "slices", tuple((int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])))
+
+    @classmethod
+    def of(cls, params: Sequence[torch.Tensor]) -> ParamLayout:
+        return cls(tuple(p.shape for p in params), tuple(p.dtype for p in params))
+
+    @property
+    def size(self) -> int:
+        return self.slices[-1][1] if self.slices else 0
+
+    def write(self, target: np.ndarray, grads: Sequence[torch.Tensor | None], scale: float = 1.0) -> None:
+        """Per-parameter gradients (``None`` = independent: zeros) into the flat float64 ``target``."""
+        for (lo, hi), g in zip(self.slices, grads):
+            if g is None:
+                target[lo:hi] = 0.0
+            else:
+                copy_into(target[lo:hi], g, scale)
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The flat float64 gradient as one tensor per parameter, in its shape and dtype."""
+        return [flat[lo:hi].view(shape).to(dtype) for (lo, hi), shape, dtype in zip(self.slices, self.shapes,
+                                                                                     self.dtypes)]
 
 
 def _shape_error(where: str, got, want) -> ShapeMismatchError:

@@ -1,4 +1,10 @@
-"""The ``torch.autograd.Function`` that makes ``loss.backward()`` run PETSc's TSAdjoint."""
+"""The ``torch.autograd.Function`` that makes ``loss.backward()`` run PETSc's TSAdjoint.
+
+It calls the driver in both directions and nothing else: forward solves and records, backward runs the
+discrete adjoint of that record.  The graph holds a :class:`~pnode._driver.Lease` on the driver, so the
+driver's PETSc objects live while a backward pass may still need them, and are freed as soon as the
+graph is (after ``backward()``, or when the outputs are dropped unused) if nothing else holds them.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +15,12 @@ from .errors import BackwardError
 
 
 class OdeintFunction(torch.autograd.Function):
-    """forward(session, t, y0_flat, *params) -> outputs (len(t), N) float64.
-
-    ``session`` (a :class:`pnode.api._Session`) holds the driver and what the backward pass needs.
-    """
+    """forward(driver, spec, lease, t, y0_flat, *params) -> outputs (len(t), N) float64."""
 
     @staticmethod
-    def forward(ctx, session, t, y0_flat, *params):
-        outputs, record = session.solve(y0_flat.detach(), keep_trajectory=True)
-        ctx.session = session
-        ctx.record = record
+    def forward(ctx, driver, spec, lease, t, y0_flat, *params):
+        outputs, record = driver.forward(spec, y0_flat.detach())
+        ctx.driver, ctx.record, ctx.lease = driver, record, lease
         ctx.versions = [p._version for p in params]
         ctx.params = params
         ctx.t_needs_grad = t.requires_grad
@@ -35,8 +37,6 @@ class OdeintFunction(torch.autograd.Function):
                     "backward() (for example optimizer.step() before loss.backward()); call backward() "
                     "before changing the parameters")
         (outputs,) = ctx.saved_tensors
-        session = ctx.session
         grad_outputs = grad_outputs.to(torch.float64).contiguous()
-        grad_y0, grad_params = session.adjoint(ctx.record, grad_outputs)
-        grad_t = session.time_gradient(outputs, grad_outputs, grad_y0) if ctx.t_needs_grad else None
-        return (None, grad_t, grad_y0, *grad_params)
+        gradients = ctx.driver.backward(ctx.record, grad_outputs, outputs if ctx.t_needs_grad else None)
+        return (None, None, None, gradients.t, gradients.y0, *gradients.params)

@@ -2,11 +2,11 @@
 Newton solves with in the forward pass and, transposed, in the adjoint.
 
 * ``matrix_free``: a shell whose product is a JVP and whose transpose product is a VJP, both on one graph
-  kept per linearization point (:class:`~pnode.problem.Linearization`); GMRES without preconditioner.
+  kept per linearization point (:class:`~pnode._field.Linearization`); GMRES without preconditioner.
   Cost per Krylov iteration: one backward pass.
 * ``batched``: the leading dimension of ``y0`` is a batch of independent samples, so ``dg/dy`` is
   block-diagonal.  Per-sample blocks come from one batched reverse pass per row
-  (:meth:`~pnode.problem.VectorField.jacobian_blocks`); the preconditioner is an exact batched
+  (:meth:`~pnode._field.VectorField.jacobian_blocks`); the preconditioner is an exact batched
   LU of the blocks (``torch.linalg.lu_factor``), so with the default ``preonly`` Krylov method every linear
   solve is exact and Newton needs the iterations one sample needs, whatever the batch size.
 * ``dense``: one block, the whole Jacobian (reverse-mode rows), exact LU: small states.
@@ -21,9 +21,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._failures import CallbackErrors, guarded
+from ._field import VectorField
 from ._petsc import PETSc
+from .distributed import RankGroup
 from .errors import InvalidArgumentError
-from .problem import VectorField, _guarded
 
 DENSE_LIMIT = 64   # the default strategy is dense up to this many unknowns, matrix-free above
 
@@ -54,24 +56,23 @@ class JacobianStrategy:
     name = ""
     option_defaults: dict[str, str] = {}
 
-    def __init__(self, field: VectorField, n: int, comm, errors):
+    def __init__(self, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors):
         self.field = field
-        self.errors = errors
+        self.errors = errors        # for guarded: under MPI a failure writes NaN instead of raising
         self.n = n
         self.shift = 0.0
         self.factor = 1.0
         self.tau = 0.0
         self.x = torch.zeros(n, dtype=torch.float64)
-        self.poison = comm.getSize() > 1    # see problem._guarded: under MPI a failure writes NaN, not raise
         # n rows on this rank; PETSc sums the ranks' rows into the global size (a distributed state)
         size = (n, PETSc.DECIDE)
-        self.matrix = PETSc.Mat().createPython((size, size), self, comm=comm)
+        self.matrix = PETSc.Mat().createPython((size, size), self, comm=group.comm)
         self.matrix.setUp()
 
     @classmethod
-    def build(cls, field: VectorField, n: int, comm, errors) -> JacobianStrategy:
+    def build(cls, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors) -> JacobianStrategy:
         """The strategy for ``field`` with ``n`` unknowns on this rank (raises for unsuited states)."""
-        return cls(field, n, comm, errors)
+        return cls(field, n, group, errors)
 
     # called from the IJacobian callback
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
@@ -82,7 +83,7 @@ class JacobianStrategy:
         """Set the Krylov method and preconditioner (before PETSc reads the options database)."""
 
     def free(self) -> None:
-        self.matrix.destroy()
+        self.matrix.destroy()      # releases PETSc's reference to this context (no cycle left)
 
     # --- shell methods PETSc calls ---------------------------------------------------------------
     def scale(self, mat, alpha):
@@ -93,11 +94,11 @@ class JacobianStrategy:
         zero.setUp()
         return zero
 
-    @_guarded(output=2)
+    @guarded(output=2)
     def mult(self, mat, x, y):
         self._apply(x, y, transpose=False)
 
-    @_guarded(output=2)
+    @guarded(output=2)
     def multTranspose(self, mat, x, y):  # noqa: N802
         self._apply(x, y, transpose=True)
 
@@ -122,8 +123,8 @@ class MatrixFree(JacobianStrategy):
     name = "matrix_free"
     option_defaults = {"ksp_type": "gmres", "pc_type": "none", "ksp_rtol": "1e-10"}
 
-    def __init__(self, field: VectorField, n: int, comm, errors):
-        super().__init__(field, n, comm, errors)
+    def __init__(self, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors):
+        super().__init__(field, n, group, errors)
         self._linear = None
 
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
@@ -143,8 +144,8 @@ class BlockDiagonal(JacobianStrategy):
     name = "batched"
     option_defaults = {"ksp_type": "preonly"}
 
-    def __init__(self, field: VectorField, n: int, comm, errors, n_blocks: int):
-        super().__init__(field, n, comm, errors)
+    def __init__(self, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors, n_blocks: int):
+        super().__init__(field, n, group, errors)
         self.n_blocks = n_blocks
         self.d = n // n_blocks
         self.blocks: torch.Tensor | None = None
@@ -152,14 +153,14 @@ class BlockDiagonal(JacobianStrategy):
         self._eye = torch.eye(self.d, dtype=torch.float64)
 
     @classmethod
-    def build(cls, field: VectorField, n: int, comm, errors) -> BlockDiagonal:
+    def build(cls, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors) -> BlockDiagonal:
         layout = field.layout
         if layout.is_tuple or len(layout.shapes[0]) < 2:
             raise InvalidArgumentError(
                 "options['jacobian']='batched' means the leading dimension of y0 is a batch of independent "
                 f"samples, so y0 must be one tensor of shape (batch, ...); got shapes {list(layout.shapes)}. "
                 "Use 'dense' or 'matrix_free' for other states")
-        return cls(field, n, comm, errors, n_blocks=layout.shapes[0][0])
+        return cls(field, n, group, errors, n_blocks=layout.shapes[0][0])
 
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
         super().update(tau, x, shift)
@@ -197,13 +198,13 @@ class _BlockLU:
 
     def __init__(self, strategy: BlockDiagonal):
         self.strategy = strategy
-        self.poison, self.errors = strategy.poison, strategy.errors   # for _guarded
+        self.errors = strategy.errors   # for guarded
 
-    @_guarded(output=2)
+    @guarded(output=2)
     def apply(self, pc, x, y):
         self._solve(x, y, transpose=False)
 
-    @_guarded(output=2)
+    @guarded(output=2)
     def applyTranspose(self, pc, x, y):  # noqa: N802
         self._solve(x, y, transpose=True)
 
@@ -219,11 +220,11 @@ class Dense(BlockDiagonal):
     name = "dense"
 
     @classmethod
-    def build(cls, field: VectorField, n: int, comm, errors) -> Dense:
-        if comm.getSize() > 1:
+    def build(cls, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors) -> Dense:
+        if group.distributed:
             raise InvalidArgumentError("options['jacobian']='dense' needs a single-process state; use "
                                        "'matrix_free' or 'batched' with comm=")
-        return cls(field, n, comm, errors, n_blocks=1)
+        return cls(field, n, group, errors, n_blocks=1)
 
 
 # options['jacobian'] -> strategy class (each builds itself from the field and the state size)
@@ -231,9 +232,10 @@ STRATEGIES: dict[str, type[JacobianStrategy]] = {cls.name: cls for cls in (Matri
 JACOBIAN_STRATEGIES = tuple(STRATEGIES)
 
 
-def make_strategy(name: str | None, field: VectorField, n: int, comm, errors) -> JacobianStrategy:
+def make_strategy(name: str | None, field: VectorField, n: int, group: RankGroup,
+                  errors: CallbackErrors) -> JacobianStrategy:
     """Build the strategy ``options['jacobian']`` names; ``None`` picks ``dense`` up to
     :data:`DENSE_LIMIT` unknowns and ``matrix_free`` above."""
     if name is None:
         name = "dense" if n <= DENSE_LIMIT else "matrix_free"
-    return STRATEGIES[name].build(field, n, comm, errors)   # the name was checked by SolveOptions.parse
+    return STRATEGIES[name].build(field, n, group, errors)   # the name was checked by SolveOptions.parse

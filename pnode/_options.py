@@ -6,10 +6,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ._checkpointing import CheckpointPolicy
+from ._jacobian import JACOBIAN_STRATEGIES
 from ._petsc import PETSc
-from .checkpointing import CheckpointPolicy
 from .errors import InvalidArgumentError
-from .jacobian import JACOBIAN_STRATEGIES
 
 _DOC = {
     "step_size": "fixed step size h (steps of h from t[0], shortened to land on every output time)",
@@ -31,7 +31,7 @@ class SolveOptions:
     first_step: float | None = None
     max_num_steps: int = 1_000_000
     petsc: dict[str, str] = field(default_factory=dict)
-    checkpoints: object = None
+    checkpoints: CheckpointPolicy | None = None     # parsed once, here
     jacobian: str | None = None
     theta: float | None = None
 
@@ -59,8 +59,7 @@ class SolveOptions:
         if theta is not None and theta > 1:
             raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
 
-        checkpoints = options.get("checkpoints")
-        CheckpointPolicy.parse(checkpoints)   # validate now, where the error points at the call
+        checkpoints = CheckpointPolicy.parse(options.get("checkpoints"))
         return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
                    jacobian, theta)
 

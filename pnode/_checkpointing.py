@@ -40,6 +40,7 @@ from checkpoint_schedules import (
 )
 from checkpoint_schedules.schedule import CheckpointSchedule
 
+from ._protocols import SegmentDriver
 from .errors import InvalidArgumentError
 
 ScheduleFactory = Callable[[int], CheckpointSchedule]
@@ -148,9 +149,9 @@ class CheckpointStore:
 
 
 class ScheduleRunner:
-    """Carries one schedule's actions out against a :class:`pnode.solver.TSDriver`."""
+    """Carries one schedule's actions out against a driver (a :class:`~pnode._protocols.SegmentDriver`)."""
 
-    def __init__(self, driver, policy: CheckpointPolicy, plan: np.ndarray, output_steps: list[int]):
+    def __init__(self, driver: SegmentDriver, policy: CheckpointPolicy, plan: np.ndarray, output_steps: list[int]):
         self.driver = driver
         self.plan = plan
         self.n_steps = len(plan) - 1

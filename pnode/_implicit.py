@@ -1,9 +1,10 @@
 """PETSc callbacks for implicit and IMEX methods: the IFunction form ``F(t, u, u') = u' - g_im(t, u)``.
 
-* IJacobian: ``dF/du + a dF/du' = a*I - dg_im/du``, a Jacobian strategy (:mod:`pnode.jacobian`) holds it.
-* IJacobianP: ``dF/dtheta = -dg_im/dtheta``; a shell whose transpose product is minus a parameter VJP.
+* IJacobian: ``dF/du + a dF/du' = a*I - dg_im/du``, a Jacobian strategy (:mod:`pnode._jacobian`) holds it.
+* IJacobianP: ``dF/dtheta = -dg_im/dtheta``; the shared parameter shell (:mod:`pnode._shells`) whose
+  transpose product is minus a parameter VJP.
 * IMEX (ARKIMEX with a :class:`IMEXField`): ``g_ex`` goes through the RHS form (an
-  :class:`~pnode.problem.RHSProblem` on the explicit part), ``g_im`` through the IFunction; both terms'
+  :class:`~pnode._rhs.RHSProblem` on the explicit part), ``g_im`` through the IFunction; both terms'
   parameters receive gradients (PETSc sums the IJacobianP and RHSJacobianP contributions).
 """
 
@@ -15,11 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._petsc import PETSc
-from .jacobian import make_strategy
+from ._bridge import ParamLayout
+from ._failures import CallbackErrors, guarded
+from ._field import VectorField
+from ._jacobian import make_strategy
+from ._options import SolveOptions
+from ._rhs import RHSProblem
+from ._shells import ParamJacobian
+from .distributed import RankGroup
 from .methods import Method
-from .options import SolveOptions
-from .problem import CallbackErrors, RHSProblem, VectorField, _guarded, param_slices, write_param_grads
 
 
 class IMEXField(nn.Module):
@@ -52,44 +57,28 @@ def is_split(func: object) -> bool:
     return callable(getattr(func, "f_implicit", None)) and callable(getattr(func, "f_explicit", None))
 
 
-class _ParamJacobianShell:
-    """Python context of the IJacobianP shell: ``multTranspose`` is ``-(dg_im/dtheta)^T lam``."""
-
-    def __init__(self, owner: ImplicitProblem):
-        self.owner = owner
-
-    def multTranspose(self, mat, x, y):  # noqa: N802 - PETSc's name
-        self.owner.param_vjp(x, y)
-
-
 class ImplicitProblem:
-    """The PETSc callbacks of one ODE system in IFunction form (implicit and IMEX methods)."""
+    """The PETSc callbacks of one ODE system in IFunction form (implicit and IMEX methods; a
+    :class:`~pnode._protocols.Problem`)."""
 
-    def __init__(self, field: VectorField, method: Method, n_local: int, n_params: int, comm,
+    def __init__(self, field: VectorField, method: Method, n_local: int, params: ParamLayout, group: RankGroup,
                  errors: CallbackErrors, options: SolveOptions):
         self.field = field
         self.method = method
         self.errors = errors
-        self.n_params = n_params
+        self.params = params
         self.options = options
-        self.poison = comm.getSize() > 1   # see problem._guarded
         split = method.imex and is_split(field.func)
         self.implicit_field = field.part(field.func.f_implicit) if split else field
-        self.explicit = (RHSProblem(field.part(field.func.f_explicit), n_local, n_params, comm, errors)
+        self.explicit = (RHSProblem(field.part(field.func.f_explicit), n_local, params, group, errors)
                          if split else None)
-        self.strategy = make_strategy(options.jacobian, self.implicit_field, n_local, comm, errors)
+        self.strategy = make_strategy(options.jacobian, self.implicit_field, n_local, group, errors)
         self.J = self.strategy.matrix
-        self._slices = param_slices(field.params)
         self._point_p: tuple[float, torch.Tensor] | None = None
         self._residual = self.J.createVecRight()
-        self.Jp = None
-        if n_params:
-            size = comm.getSize()
-            n_global = self.J.getSize()[0]
-            # parameters replicated: every rank owns a full copy of the parameter columns (as RHSProblem)
-            self.Jp = PETSc.Mat().createPython(((n_local, n_global), (n_params, n_params * size)),
-                                               _ParamJacobianShell(self), comm=comm)
-            self.Jp.setUp()
+        self._param_shell = (ParamJacobian(self.param_vjp, n_local, self.J.getSize()[0], params.size, group)
+                             if params.size else None)
+        self.Jp = self._param_shell.mat if self._param_shell else None
 
     @property
     def option_defaults(self) -> dict[str, str]:
@@ -112,11 +101,12 @@ class ImplicitProblem:
 
     def destroy(self) -> None:
         self.strategy.free()
-        for obj in (self.Jp, self._residual):
-            if obj is not None:
-                obj.destroy()
+        self._residual.destroy()
+        if self._param_shell is not None:
+            self._param_shell.free()
         if self.explicit is not None:
             self.explicit.destroy()
+        self._point_p = None
 
     # --- forward -------------------------------------------------------------------------------
     def _stage_time(self, ts, t: float, X, Xdot) -> float:
@@ -137,7 +127,7 @@ class ImplicitProblem:
             return ts.getTime()
         return t
 
-    @_guarded(output=4)
+    @guarded(output=4)
     def ifunction(self, ts, t, X, Xdot, F):
         out = F.getArray()
         t = self._stage_time(ts, t, X, Xdot)
@@ -145,17 +135,18 @@ class ImplicitProblem:
         np.subtract(Xdot.getArray(readonly=True), out, out=out)
         F.stateIncrease()
 
-    @_guarded()
+    @guarded()
     def ijacobian(self, ts, t, X, Xdot, shift, A, P):
         self.strategy.update(self._stage_time(ts, t, X, Xdot), X.getArray(readonly=True), shift)
 
     # --- adjoint -------------------------------------------------------------------------------
-    @_guarded()
+    @guarded()
     def ijacobian_p(self, ts, t, X, Xdot, shift, Jp):
         self._point_p = (t, torch.from_numpy(X.getArray(readonly=True)).clone())
 
-    @_guarded(output=1)
+    @guarded(output=1)
     def param_vjp(self, lam, out):
         t, x = self._point_p
         grads = self.implicit_field.vjp(t, x.numpy(), lam.getArray(readonly=True), None)
-        write_param_grads(out, self._slices, grads, scale=-1.0)
+        self.params.write(out.getArray(), grads, scale=-1.0)
+        out.stateIncrease()

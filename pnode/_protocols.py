@@ -1,0 +1,46 @@
+"""The seams between the driver and its parts, written down.
+
+* :class:`Problem`: what a callback object (``_rhs.RHSProblem``, ``_implicit.ImplicitProblem``) gives the
+  driver: the Jacobian shells whose layouts size the solution and gradient Vecs, PETSc option defaults,
+  and installing its callbacks on a TS.
+* :class:`SegmentDriver`: what a checkpoint schedule runner (``_checkpointing.ScheduleRunner``) may ask of
+  the driver: replay steps of a recorded step sequence, run the adjoint back over steps, add an output
+  time's cotangent to the adjoint state, and count statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+
+from ._petsc import PETSc
+from .stats import SolveStats
+
+
+class Problem(Protocol):
+    J: PETSc.Mat                 # state Jacobian (shell); its layout is the state's
+    Jp: PETSc.Mat | None         # parameter Jacobian (shell), None without parameters
+    option_defaults: Mapping[str, str]
+
+    def install(self, ts: PETSc.TS) -> None:
+        """Give ``ts`` this problem's callbacks and Jacobians (and its KSP/PC defaults)."""
+
+    def destroy(self) -> None:
+        """Free every PETSc object the problem created."""
+
+
+class SegmentDriver(Protocol):
+    stats: SolveStats
+
+    def replay(self, state: np.ndarray, plan: np.ndarray, n0: int, n1: int, keep_trajectory: bool,
+               capture: bool = False) -> np.ndarray:
+        """Steps ``n0..n1`` of ``plan`` from ``state``; returns a copy of the state at step ``n1``.  With
+        ``keep_trajectory`` PETSc keeps the steps' stages for :meth:`adjoint_steps`."""
+
+    def adjoint_steps(self, n: int) -> None:
+        """TSAdjoint ``n`` steps back from where the kept trajectory's adjoint stands."""
+
+    def add_to_cost_gradient(self, values: np.ndarray) -> None:
+        """lambda += values (an output time's cotangent)."""
