@@ -16,7 +16,7 @@ the 3/8-rule variant of the classic tableau that pnode runs, the same cost.  Eve
 runs in its own process; the variants are run in alternation, ``--rounds`` times, and the table gives
 the median over the rounds.
 
-    python benchmarks/workloads.py [--rounds 2] [--threads 1]   ->  benchmarks/results/workloads.md
+    python benchmarks/workloads.py [--rounds 3] [--threads 1]   ->  benchmarks/results/workloads.md
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--variant", default=None)
     parser.add_argument("--iterations", type=int, default=0,
                         help="timed iterations per process (default: a whole epoch for digits, 8 for the CNF)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds over the variants")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's default)")
     args, _ = parser.parse_known_args()
     if args.child:

@@ -283,7 +283,9 @@ class _CNFDynamics(nn.Module):
 
     def forward(self, t: torch.Tensor, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         z = state[0]
-        noise = state[2] if self.trace == "hutchinson" else None
+        # detached: nothing depends on the noise's adjoint (its derivative is 0), so the adjoint's VJPs
+        # need not differentiate through it (measured ~4% off a Hutchinson training step)
+        noise = state[2].detach() if self.trace == "hutchinson" else None
         # True in the adjoint's VJPs: the divergence must then stay differentiable (second derivatives)
         build_graph = torch.is_grad_enabled()
         with torch.enable_grad():
