@@ -55,6 +55,7 @@ class Sweep:
         if driver.problem.Jp is not None:
             mu = driver.problem.Jp.createVecRight()
             mu.set(0.0)
+        restore = self._adjoint_tolerances()
         try:
             driver.ts.setCostGradients([lam], [mu] if mu is not None else None)
             if len(record.step_times) == 1:
@@ -66,6 +67,7 @@ class Sweep:
             grad_y0 = vec_as_tensor(lam).clone()
             grad_p = vec_as_tensor(mu).clone() if mu is not None else torch.zeros(0, dtype=torch.float64)
         finally:
+            restore()
             driver.forget_trajectory()     # the adjoint consumed the trajectory
             record.release()
             lam.destroy()
@@ -77,6 +79,17 @@ class Sweep:
         driver.group.sum_(grad_p.numpy())
         grad_t = None if outputs is None else self._time_gradient(outputs, grad_outputs, grad_y0)
         return Gradients(grad_y0, record.spec.param_layout.split(grad_p), grad_t)
+
+    def _adjoint_tolerances(self):
+        """adjoint_rtol/adjoint_atol: the transposed linear solves' tolerances (implicit methods only);
+        returns what restores the forward's."""
+        driver, options = self.driver, self.driver.options
+        if not driver.method.implicit or (options.adjoint_rtol is None and options.adjoint_atol is None):
+            return lambda: None
+        ksp = driver.ts.getSNES().getKSP()
+        rtol, atol, divtol, max_it = ksp.getTolerances()
+        ksp.setTolerances(rtol=options.adjoint_rtol or rtol, atol=options.adjoint_atol or atol)
+        return lambda: ksp.setTolerances(rtol=rtol, atol=atol, divtol=divtol, max_it=max_it)
 
     def _store_all(self, grad_outputs: torch.Tensor) -> None:
         driver, record = self.driver, self.record
@@ -112,11 +125,13 @@ class Sweep:
         """dL/dt_i = g_i . f(t_i, y_i) for i >= 1 and dL/dt_0 = -(dL/dy0 - g_0) . f(t_0, y_0): the exact
         derivatives of the ODE's solution (torchdiffeq's convention); the discrete solution's differ by
         the integration error."""
-        driver, spec = self.driver, self.record.spec
-        f = [driver.evaluate(float(tau), outputs[i]) for i, tau in enumerate(spec.taus)]
+        driver, spec, taus = self.driver, self.record.spec, self.record.taus
+        f = [driver.evaluate(float(tau), outputs[i]) for i, tau in enumerate(taus)]
         local = np.array([float(torch.dot(f[i], grad_outputs[i] if i else grad_y0 - grad_outputs[0]))
-                          for i in range(len(spec.taus))])
+                          for i in range(len(taus))])
         # f is signed by the time direction; the dot products are local shards of global sums
         dots = driver.group.global_sum(local, driver.errors, what="the time gradient") * spec.sign
         dots[0] = -dots[0]
+        if spec.event is not None:
+            dots[-1] = 0.0    # an event solve ignores t[1]: its end is the event time (see _events)
         return torch.from_numpy(dots)

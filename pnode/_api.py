@@ -16,6 +16,7 @@ from torch import nn
 from ._autograd import OdeintFunction
 from ._bridge import ParamLayout, StateLayout
 from ._driver import Driver, Lease
+from ._events import EventGradient, EventSpec
 from ._options import SolveOptions
 from ._petsc import check_scalar_type
 from ._spec import SolveSpec
@@ -86,14 +87,18 @@ class ODESolver:
 
     def __init__(self, func: Callable, *, method: str | None = None, rtol: float = 1e-7, atol: float = 1e-9,
                  options: Mapping | None = None, adjoint_params: Sequence[torch.Tensor] | None = None,
-                 comm=None):
+                 adjoint_rtol: float | None = None, adjoint_atol: float | None = None,
+                 adjoint_method: str | None = None, adjoint_options: Mapping | None = None, comm=None):
         check_scalar_type()
         if not callable(func):
             raise InvalidArgumentError(f"func must be callable as func(t, y), got {type(func).__name__}")
         self.func = func
         self.method: Method = get_method(DEFAULT_METHOD if method is None else method)
         self.rtol, self.atol = _tolerance(rtol, "rtol"), _tolerance(atol, "atol")
-        self.options = SolveOptions.parse(options)
+        self.options = SolveOptions.parse(options).with_adjoint(
+            self.method.name, None if adjoint_rtol is None else _tolerance(adjoint_rtol, "adjoint_rtol"),
+            None if adjoint_atol is None else _tolerance(adjoint_atol, "adjoint_atol"), adjoint_method,
+            adjoint_options)
         self._adjoint_params = None if adjoint_params is None else tuple(adjoint_params)
         for i, p in enumerate(self._adjoint_params or ()):
             if not isinstance(p, torch.Tensor):
@@ -104,12 +109,14 @@ class ODESolver:
         self._lease: Lease | None = None     # this solver's claim on its driver
         self._driver_key = None
         self._step_times = np.zeros(0)
-        self._hidden_params: bool | None = None    # a plain func's dependence on unseen tensors
+        self._found_params: list[torch.Tensor] | None = None    # a plain func's tensors, from its graph
 
     # ------------------------------------------------------------------ public
-    def __call__(self, y0: State, t: torch.Tensor) -> State:
+    def __call__(self, y0: State, t: torch.Tensor, *, event_fn: Callable | None = None):
+        """Solve from ``y0`` over ``t``; see :func:`odeint` (also for ``event_fn``)."""
         self.group.seconds = 0.0      # communication time of this call (stats.communication_time)
-        spec, rebuild = self._spec_everywhere(y0, t) if self.group.distributed else self._spec_here(y0, t)
+        args = (y0, t, event_fn)
+        spec, rebuild = self._spec_everywhere(*args) if self.group.distributed else self._spec_here(*args)
         driver = self._driver_for(spec, rebuild)
         y0_flat = spec.layout.flatten(y0, differentiable=spec.needs_grad)
         if spec.needs_grad:
@@ -119,7 +126,19 @@ class ODESolver:
             outputs, record = driver.forward(spec, y0_flat)
             record.release()
         self._step_times = driver.last_step_times * spec.sign
-        return spec.layout.unflatten(outputs)
+        if spec.event is None:
+            return spec.layout.unflatten(outputs)
+        event_t = torch.tensor(driver.last_taus[-1] * spec.sign, dtype=t.dtype)
+        if torch.is_grad_enabled():
+            event_t, y_event = EventGradient.apply(self.func, spec.event, driver.last_event_index, spec.layout,
+                                                   event_t, outputs[-1], *spec.event.params)
+            outputs = torch.stack([outputs[0], y_event])
+        return event_t, spec.layout.unflatten(outputs)
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this solver's ``comm`` spans more than one rank."""
+        return self.group.distributed
 
     @property
     def step_times(self) -> torch.Tensor:
@@ -141,28 +160,37 @@ class ODESolver:
             lease.release()
 
     # ------------------------------------------------------------------ internals
-    def _spec(self, y0: State, t: torch.Tensor) -> SolveSpec:
+    def _spec(self, y0: State, t: torch.Tensor, event_fn: Callable | None) -> SolveSpec:
         layout = StateLayout.of(y0)
         taus, sign = check_times(t)
+        event = None
+        if event_fn is not None:
+            if len(taus) != 2:
+                raise InvalidArgumentError(
+                    f"with event_fn, t must hold two times [t0, t1] (t1 only sets the direction; the solve ends "
+                    f"at the event), got {len(taus)}; or use pnode.odeint_event(func, y0, t0, event_fn=...)")
+            if self.group.distributed:
+                raise InvalidArgumentError("event_fn is not supported in distributed solves (comm=) yet")
+            event = EventSpec.of(event_fn, t[0], y0, layout)
         params = tuple(self._params(y0, t))
         parts = tuple(y0) if layout.is_tuple else (y0,)
         needs_grad = torch.is_grad_enabled() and (
             t.requires_grad or any(p.requires_grad for p in parts) or any(p.requires_grad for p in params))
         if needs_grad:
             require_adjoint(self.method)
-        return SolveSpec(layout, ParamLayout.of(params), params, taus, sign, layout.dtype, needs_grad)
+        return SolveSpec(layout, ParamLayout.of(params), params, taus, sign, layout.dtype, needs_grad, event)
 
-    def _spec_here(self, y0: State, t: torch.Tensor) -> tuple[SolveSpec, bool]:
-        spec = self._spec(y0, t)
+    def _spec_here(self, y0: State, t: torch.Tensor, event_fn: Callable | None) -> tuple[SolveSpec, bool]:
+        spec = self._spec(y0, t, event_fn)
         return spec, self._driver is None or spec.shape_key != self._driver_key
 
-    def _spec_everywhere(self, y0: State, t: torch.Tensor) -> tuple[SolveSpec, bool]:
+    def _spec_everywhere(self, y0: State, t: torch.Tensor, event_fn: Callable | None) -> tuple[SolveSpec, bool]:
         """The distributed form of :meth:`_spec_here`: one collective in which every rank learns whether
         any rank's arguments are invalid, whether the output times and the gradient request agree, and
         whether any rank must rebuild its PETSc objects (building them is collective)."""
         error, spec, rebuild, facts = None, None, False, {}
         try:
-            spec, rebuild = self._spec_here(y0, t)
+            spec, rebuild = self._spec_here(y0, t, event_fn)
             facts = {"t": spec.taus * spec.sign,
                      "whether a gradient is needed (requires_grad, torch.no_grad)": spec.needs_grad,
                      "the list of parameter shapes": [tuple(s) for s in spec.param_layout.shapes]}
@@ -176,24 +204,11 @@ class ODESolver:
             return [p for p in self._adjoint_params if p.requires_grad]
         if isinstance(self.func, nn.Module):
             return [p for p in self.func.parameters() if p.requires_grad]
-        if torch.is_grad_enabled() and self._has_hidden_params(y0, t):
-            raise InvalidArgumentError(
-                "func is not an nn.Module and its output requires grad through tensors pnode cannot see; "
-                "pass them as adjoint_params=(tensors...), make func an nn.Module, or run under "
-                "torch.no_grad() for a forward-only solve")
-        return []
-
-    def _has_hidden_params(self, y0: State, t: torch.Tensor) -> bool:
-        """Does a plain function depend on tensors that require grad?  One evaluation on a detached
-        state tells (its result then requires grad only through them); the answer is kept per solver."""
-        if self._hidden_params is None:
-            state = tuple(p.detach() for p in y0) if isinstance(y0, (tuple, list)) else y0.detach()
-            dtype = state[0].dtype if isinstance(state, tuple) else state.dtype
-            with torch.enable_grad():
-                out = self.func(t.detach()[0].to(dtype), state)
-            parts = out if isinstance(out, (tuple, list)) else (out,)
-            self._hidden_params = any(isinstance(p, torch.Tensor) and p.requires_grad for p in parts)
-        return self._hidden_params
+        if not torch.is_grad_enabled():
+            return []
+        if self._found_params is None:
+            self._found_params = _leaves_reached(self.func, y0, t)
+        return [p for p in self._found_params if p.requires_grad]
 
     def _driver_for(self, spec: SolveSpec, rebuild: bool) -> Driver:
         """The driver for this problem shape; ``rebuild`` must be the same on every rank (building PETSc
@@ -214,8 +229,10 @@ class ODESolver:
 
 
 def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, atol: float = 1e-9,
-           method: str | None = None, options: Mapping | None = None,
-           adjoint_params: Sequence[torch.Tensor] | None = None, comm=None) -> State:
+           method: str | None = None, options: Mapping | None = None, event_fn: Callable | None = None,
+           adjoint_params: Sequence[torch.Tensor] | None = None, adjoint_rtol: float | None = None,
+           adjoint_atol: float | None = None, adjoint_method: str | None = None,
+           adjoint_options: Mapping | None = None, comm=None):
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` with PETSc and return ``y`` at every time of ``t``.
 
     torchdiffeq's signature and semantics.  Gradients reach ``y0``, the parameters of ``func`` (an
@@ -239,13 +256,24 @@ def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, at
         See :class:`ODESolver`.
     adjoint_params : sequence of tensors, optional
         Tensors ``func`` depends on that receive gradients (default: ``func.parameters()``).
+    event_fn : callable, optional
+        ``event_fn(t, y) -> Tensor``: solve until it crosses zero (the first of its values to do so),
+        torchdiffeq's event mode; ``t`` then holds ``[t0, t1]`` with ``t1`` only giving the direction.
+        Gradients flow through the event time (implicit function theorem; see :func:`odeint_event`).
+    adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options :
+        torchdiffeq's adjoint settings, with their meaning for a discrete adjoint: the adjoint of the
+        forward steps has no integration error to control, so ``adjoint_method`` must be ``None`` or
+        ``method``, the tolerances set the relative/absolute tolerance of the transposed linear solves
+        of implicit methods (explicit methods have none), and ``adjoint_options`` may only hold
+        ``norm`` (there is no adjoint step-size control for it to steer).
     comm : optional
         MPI communicator of a distributed solve (see :class:`ODESolver`).
 
     Returns
     -------
     torch.Tensor or tuple of torch.Tensor
-        ``y`` at every time of ``t``, shape ``(len(t), *y0.shape)``.
+        ``y`` at every time of ``t``, shape ``(len(t), *y0.shape)``.  With ``event_fn``: the tuple
+        ``(event_t, y)`` with ``y`` at ``t0`` and at the event, shape ``(2, *y0.shape)``.
 
     Raises
     ------
@@ -268,23 +296,106 @@ def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, at
     0.367879
     """
     solver = ODESolver(func, method=method, rtol=rtol, atol=atol, options=options,
-                       adjoint_params=adjoint_params, comm=comm)
+                       adjoint_params=adjoint_params, adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol,
+                       adjoint_method=adjoint_method, adjoint_options=adjoint_options, comm=comm)
     global _LAST_STATS
     _LAST_STATS = solver.stats
     try:
-        return solver(y0, t)
+        return solver(y0, t, event_fn=event_fn)
     finally:
         # a graph (if a gradient may follow) holds its own lease: its PETSc objects go when it goes
         solver._release()
 
 
 odeint_adjoint = odeint
+
+
+def odeint_event(func: Callable, y0: State, t0: torch.Tensor, *, event_fn: Callable, reverse_time: bool = False,
+                 odeint_interface: Callable = odeint, **kwargs):
+    """Solve from ``t0`` until ``event_fn(t, y)`` crosses zero; torchdiffeq's ``odeint_event``.
+
+    Parameters
+    ----------
+    func, y0 :
+        As for :func:`odeint`.
+    t0 : torch.Tensor
+        The initial time (0-dim or one element); may require grad.
+    event_fn : callable
+        ``event_fn(t, y) -> Tensor``; the solve stops where the first of its values crosses zero
+        (PETSc's TSEvent locates it to ``|event_fn| <= 1e-12``, ``-ts_event_tol`` overrides).
+        An ``nn.Module`` has its parameters differentiated.
+    reverse_time : bool
+        Integrate towards decreasing time.
+    odeint_interface : callable
+        :func:`odeint` (or a function with its signature).
+    **kwargs :
+        Passed on (``method``, ``rtol``, ``atol``, ``options``, ...).
+
+    Returns
+    -------
+    (torch.Tensor, torch.Tensor or tuple)
+        The event time and the solution at ``t0`` and at the event (shape ``(2, *y0.shape)``), both
+        differentiable w.r.t. ``y0``, ``t0`` and the parameters of ``func`` and ``event_fn``: the discrete
+        adjoint differentiates the solution at the event time and the implicit function theorem adds the
+        event time's dependence.
+
+    Examples
+    --------
+    >>> import torch, pnode
+    >>> y0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    >>> t_e, ys = pnode.odeint_event(lambda t, y: -y, y0, torch.tensor(0.0, dtype=torch.float64),
+    ...                              event_fn=lambda t, y: y[0] - 0.5, adjoint_params=())
+    >>> round(t_e.item(), 6)            # log(2)
+    0.693147
+    >>> t_e.backward()                  # d t_e / d y0 = 1 / y0
+    >>> round(y0.grad.item(), 5)
+    1.0
+    """
+    if not isinstance(t0, torch.Tensor) or t0.numel() != 1:
+        raise InvalidArgumentError(f"t0 must be a one-element tensor (the initial time), got {t0!r}")
+    start = t0.reshape(1)
+    t = torch.cat([start, start.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
 _LAST_STATS: SolveStats | None = None
 
 
 def last_stats() -> SolveStats | None:
     """Statistics of the latest :func:`odeint` call (its backward pass included, once run)."""
     return _LAST_STATS
+
+
+def _leaves_reached(func: Callable, y0: State, t: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors requiring grad that a plain function (not an ``nn.Module``) depends on: one evaluation
+    on a detached state, then the leaves of its autograd graph (torchdiffeq's ``odeint`` differentiates
+    them too).  A tensor computed outside ``func`` from them is reached through its own graph."""
+    state = tuple(p.detach() for p in y0) if isinstance(y0, (tuple, list)) else y0.detach()
+    dtype = state[0].dtype if isinstance(state, tuple) else state.dtype
+    times = t.detach().to(dtype)
+    # just inside the span: a func discontinuous at t[0] (options['perturb']) is not evaluated there
+    probe = torch.nextafter(times[0], times[1]) if len(times) > 1 else times[0]
+    with torch.enable_grad():
+        out = func(probe, state)
+    parts = out if isinstance(out, (tuple, list)) else (out,)
+    leaves, seen = [], set()
+    stack = [p.grad_fn for p in parts if isinstance(p, torch.Tensor) and p.grad_fn is not None]
+    stack += [p for p in parts if isinstance(p, torch.Tensor) and p.requires_grad and p.grad_fn is None]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, torch.Tensor):           # the output is itself a leaf
+            if id(node) not in seen:
+                seen.add(id(node))
+                leaves.append(node)
+            continue
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        variable = getattr(node, "variable", None)    # AccumulateGrad: a leaf tensor
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+            continue
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
 
 
 def _tolerance(value: float, name: str) -> float:

@@ -15,6 +15,7 @@ import torch
 
 from ._bridge import StateLayout
 from ._spec import SolveSpec
+from ._timegrid import same_time_tolerance
 from .stats import SolveStats
 
 
@@ -32,6 +33,8 @@ class VectorField:
         self.stats = stats
         self.sign = 1.0
         self.params: tuple[torch.Tensor, ...] = ()
+        self.nudge: Callable[[float], float] | None = None    # perturb / jump_t: +1/-1 into the step, 0
+        self.graphs: StageGraphs | None = None     # options['keep_graph']: the forward's stage graphs
 
     def bind(self, spec: SolveSpec) -> None:
         """Take this call's time direction and parameters (the driver calls it at entry)."""
@@ -39,12 +42,26 @@ class VectorField:
         self.params = spec.params
 
     def time(self, tau: float) -> torch.Tensor:
-        return torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
+        t = torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
+        inward = 0.0 if self.nudge is None else self.nudge(tau)
+        if inward:
+            # one ulp of the dtype func sees (float32 rounds a float64 ulp away), into the current step
+            t = torch.nextafter(t, t + inward * self.sign)
+        return t
 
     def evaluate_into(self, tau: float, x: np.ndarray, out: np.ndarray) -> None:
-        """out <- g(tau, x), without autograd."""
+        """out <- g(tau, x); without autograd, unless stage graphs are being kept for the adjoint."""
         self.stats.rhs_evals += 1
         layout = self.layout
+        graphs = self.graphs
+        if graphs is not None and graphs.recording:
+            point = x.copy()          # PETSc reuses its stage Vecs: the graph needs its own input
+            with torch.enable_grad():
+                inputs = layout.views(point, requires_grad=True)
+                result = layout.check_output(self.func(self.time(tau), layout.pack(inputs)))
+            graphs.store(tau, point, inputs, result)
+            layout.write(out, result, self.sign)
+            return
         with torch.no_grad():
             result = self.func(self.time(tau), layout.pack(layout.views(x)))
             layout.write(out, layout.check_output(result), self.sign)
@@ -62,15 +79,21 @@ class VectorField:
         self.stats.vjp_evals += 1
         layout = self.layout
         want_state = state_out is not None
+        kept = None if self.graphs is None else self.graphs.find(tau, x)
         with torch.enable_grad():
-            inputs = layout.views(x, requires_grad=want_state)
-            result = layout.check_output(self.func(self.time(tau), layout.pack(inputs)))
+            if kept is not None:      # the forward pass's graph of this stage: no re-evaluation
+                inputs, result = kept
+                inputs = list(inputs) if want_state else []
+            else:
+                inputs = layout.views(x, requires_grad=want_state)
+                result = layout.check_output(self.func(self.time(tau), layout.pack(inputs)))
             cot = layout.views(cotangent, scale=self.sign)
             pairs = [(r, c) for r, c in zip(result, cot) if r.requires_grad]
             wrt = (inputs if want_state else []) + list(self.params)
             if pairs and wrt:
-                grads = list(torch.autograd.grad([r for r, _ in pairs], wrt,
-                                                 grad_outputs=[c for _, c in pairs], allow_unused=True))
+                # a kept graph serves this stage twice when the method reuses it (first same as last)
+                grads = list(torch.autograd.grad([r for r, _ in pairs], wrt, grad_outputs=[c for _, c in pairs],
+                                                 allow_unused=True, retain_graph=kept is not None))
             else:
                 grads = [None] * len(wrt)
         if want_state:
@@ -119,6 +142,45 @@ class VectorField:
         """A field evaluating ``func`` that follows this field's time direction and parameters (the
         implicit or explicit half of an IMEX split)."""
         return _PartField(func, self)
+
+
+class StageGraphs:
+    """The autograd graphs of the forward pass's stage evaluations, kept for the adjoint (explicit
+    methods, ``options['keep_graph']``): the adjoint's VJP at a stage then is one backward pass through
+    the kept graph instead of a re-evaluation plus a backward pass; memory is that of backpropagation
+    through the solver (bounded by the checkpoint schedule's segment when checkpointing).
+
+    A stage is found again by its time and its exact state (the adjoint reads the stages back from
+    PETSc's trajectory, bitwise the values the forward pass computed).  Graphs of rejected attempts are
+    dropped when the step is accepted (:meth:`accept`)."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.kept: dict[bytes, list[tuple[float, list, tuple]]] = {}
+        self._pending: list[tuple[float, float, float, np.ndarray, list, tuple]] = []
+        self.attempt: tuple[float, float] = (0.0, 0.0)     # (step start, step) being evaluated
+
+    def store(self, tau: float, point: np.ndarray, inputs: list, result: tuple) -> None:
+        self._pending.append((*self.attempt, tau, point, inputs, result))
+
+    def accept(self, end: float) -> None:
+        """The step that ends at ``end`` was accepted: keep its stages, drop rejected attempts'."""
+        for start, dt, tau, point, inputs, result in self._pending:
+            if start + dt == end:
+                self.kept.setdefault(point.tobytes(), []).append((tau, inputs, result))
+        self._pending = []
+
+    def find(self, tau: float, x: np.ndarray) -> tuple[list, tuple] | None:
+        # the state identifies the stage exactly; the adjoint recomputes stage times, so they may
+        # differ from the forward's by rounding
+        for stage_tau, inputs, result in self.kept.get(x.tobytes(), ()):
+            if abs(stage_tau - tau) <= same_time_tolerance(tau):
+                return inputs, result
+        return None
+
+    def clear(self) -> None:
+        self.kept.clear()
+        self._pending = []
 
 
 class Linearization:
@@ -173,6 +235,7 @@ class _PartField(VectorField):
     def __init__(self, func: Callable, whole: VectorField):
         self.func = func
         self.whole = whole
+        self.graphs = None
         self.layout = whole.layout
         self.time_dtype = whole.time_dtype
         self.stats = whole.stats
@@ -184,3 +247,7 @@ class _PartField(VectorField):
     @property
     def params(self) -> tuple[torch.Tensor, ...]:
         return self.whole.params
+
+    @property
+    def nudge(self):
+        return self.whole.nudge

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import torch
 
 from ._checkpointing import CheckpointPolicy
 from ._jacobian import JACOBIAN_STRATEGIES
@@ -22,6 +24,25 @@ _DOC = {
                 "independent samples: per-sample blocks, exact batched LU) or 'dense'; default: dense up to "
                 "64 unknowns, matrix_free above",
     "theta": "theta of method='theta' (default 0.5)",
+    "keep_graph": "explicit methods: keep every stage's autograd graph from the forward pass for the adjoint "
+                  "(no re-evaluation: about the speed and the memory of backpropagation through the solver; "
+                  "with checkpoints, only the graphs of the segment being reversed); default False",
+    # torchdiffeq's step control, mapped onto PETSc's adaptor
+    "min_step": "adaptive methods: smallest step the controller may take (PETSc -ts_adapt_dt_min)",
+    "max_step": "adaptive methods: largest step (PETSc -ts_adapt_dt_max; inf = no limit)",
+    "safety": "adaptive methods: safety factor of the controller (PETSc -ts_adapt_safety, default 0.9)",
+    "ifactor": "adaptive methods: largest step growth factor (PETSc -ts_adapt_clip, upper bound)",
+    "dfactor": "adaptive methods: smallest step shrink factor (PETSc -ts_adapt_clip, lower bound)",
+    "step_t": "adaptive methods: times (a tensor) that steps must land on",
+    "jump_t": "adaptive methods: times where func jumps: steps land there, the method restarts, and func is "
+              "evaluated just inside each step at that time (one-sided, as torchdiffeq)",
+    # torchdiffeq's fixed-grid options
+    "grid_constructor": "fixed-grid methods: grid_constructor(func, y0, t) -> step times from t[0] to t[-1] "
+                        "(output times are inserted as steps)",
+    "perturb": "evaluate func just inside each step at the step's two ends (nextafter), for a func that is "
+               "discontinuous at the step times (torchdiffeq's perturb)",
+    "interp": "torchdiffeq's interpolation of fixed-grid outputs ('linear' or 'cubic'): accepted, and not "
+              "needed: pnode's steps land on every output time, so outputs are scheme values",
 }
 
 
@@ -34,6 +55,34 @@ class SolveOptions:
     checkpoints: CheckpointPolicy | None = None     # parsed once, here
     jacobian: str | None = None
     theta: float | None = None
+    adjoint_rtol: float | None = None     # the transposed linear solves of implicit methods
+    adjoint_atol: float | None = None
+    adapt: dict[str, str] = field(default_factory=dict)     # PETSc adaptor options from torchdiffeq's names
+    step_t: tuple[float, ...] = ()
+    jump_t: tuple[float, ...] = ()
+    grid_constructor: object = None
+    perturb: bool = False
+    keep_graph: bool = False
+
+    def landmarks(self, sign: float) -> tuple[tuple[float, ...], frozenset]:
+        """step_t and jump_t in integration time (sorted), and the jump times among them."""
+        jumps = frozenset(sign * t for t in self.jump_t)
+        return tuple(sorted({sign * t for t in self.step_t} | jumps)), jumps
+
+    def with_adjoint(self, method: str, rtol: float | None, atol: float | None, adjoint_method: str | None,
+                     adjoint_options: Mapping | None) -> SolveOptions:
+        """Take torchdiffeq's adjoint arguments, with their meaning for a discrete adjoint."""
+        if adjoint_method is not None and adjoint_method.strip().lower() != method:
+            raise InvalidArgumentError(
+                f"adjoint_method={adjoint_method!r} differs from method={method!r}: a discrete adjoint is the "
+                "adjoint of the forward method's own steps; leave adjoint_method=None")
+        if adjoint_options is not None:
+            if not isinstance(adjoint_options, Mapping) or set(adjoint_options) - {"norm"}:
+                raise InvalidArgumentError(
+                    f"adjoint_options may only hold 'norm' (accepted; a discrete adjoint has no step-size control "
+                    f"for it to steer), got {adjoint_options!r}; use options={{'petsc': {{...}}}} for the "
+                    "transposed solves' settings")
+        return replace(self, adjoint_rtol=rtol, adjoint_atol=atol)
 
     @classmethod
     def parse(cls, options: Mapping | None) -> SolveOptions:
@@ -60,8 +109,52 @@ class SolveOptions:
             raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
 
         checkpoints = CheckpointPolicy.parse(options.get("checkpoints"))
+        interp = options.get("interp")
+        if interp not in (None, "linear", "cubic"):
+            raise InvalidArgumentError(f"options['interp'] must be 'linear' or 'cubic', got {interp!r}")
+        grid = options.get("grid_constructor")
+        if grid is not None and not callable(grid):
+            raise InvalidArgumentError("options['grid_constructor'] must be callable as grid_constructor(func, y0, t), "
+                                       f"got {type(grid).__name__}")
         return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
-                   jacobian, theta)
+                   jacobian, theta, adapt=_adapt_options(options), step_t=_times(options, "step_t"),
+                   jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")),
+                   keep_graph=bool(options.get("keep_graph")))
+
+
+def _adapt_options(options: Mapping) -> dict[str, str]:
+    """torchdiffeq's controller settings as PETSc adaptor options."""
+    out = {}
+    for key, petsc in (("min_step", "ts_adapt_dt_min"), ("max_step", "ts_adapt_dt_max"),
+                       ("safety", "ts_adapt_safety")):
+        value = options.get(key)
+        if value is None or (key == "min_step" and value == 0):
+            continue
+        number = float("inf") if key == "max_step" and value == float("inf") else _positive(options, key)
+        if number != float("inf"):
+            out[petsc] = repr(number)
+    if options.get("min_step") is not None and options.get("max_step") is not None \
+            and float(options["min_step"]) > float(options["max_step"]):
+        raise InvalidArgumentError(f"options['min_step'] ({options['min_step']}) exceeds options['max_step'] "
+                                   f"({options['max_step']})")
+    if options.get("ifactor") is not None or options.get("dfactor") is not None:
+        low = _positive(options, "dfactor") or 0.1
+        high = _positive(options, "ifactor") or 10.0
+        out["ts_adapt_clip"] = f"{low!r},{high!r}"
+    return out
+
+
+def _times(options: Mapping, key: str) -> tuple[float, ...]:
+    value = options.get(key)
+    if value is None:
+        return ()
+    try:
+        values = torch.as_tensor(value, dtype=torch.float64).reshape(-1).tolist()
+    except (TypeError, ValueError, RuntimeError):
+        raise InvalidArgumentError(f"options[{key!r}] must be a 1-D tensor of times, got {value!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidArgumentError(f"options[{key!r}] must hold finite times, got {values}")
+    return tuple(values)
 
 
 def _positive(options: Mapping, key: str) -> float | None:

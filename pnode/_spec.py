@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ._bridge import ParamLayout, StateLayout
+
+if TYPE_CHECKING:
+    from ._events import EventSpec
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,6 +34,8 @@ class SolveSpec:
         float32 model given float64 output times is not promoted to float64.
     needs_grad:
         Whether the forward pass must prepare a backward pass.
+    event:
+        Terminal event functions (then ``taus`` is ``[tau0, inf]``: the solve ends at the event).
     """
 
     layout: StateLayout
@@ -39,6 +45,7 @@ class SolveSpec:
     sign: float
     time_dtype: torch.dtype
     needs_grad: bool
+    event: EventSpec | None = None
 
     def __post_init__(self):
         self.taus.flags.writeable = False
@@ -46,7 +53,8 @@ class SolveSpec:
     @property
     def shape_key(self) -> tuple:
         """What the PETSc objects depend on: equal keys can reuse them."""
-        return (self.layout.shapes, self.layout.dtype, self.param_layout, self.time_dtype)
+        return (self.layout.shapes, self.layout.dtype, self.param_layout, self.time_dtype,
+                None if self.event is None else self.event.count)
 
     def user_time(self, tau: float) -> float:
         return self.sign * tau

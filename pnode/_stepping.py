@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -27,10 +28,14 @@ class Pass:
     time (``None`` for replays, which do not capture); ``plan``: step boundaries to follow exactly
     (fixed steps, replays) or ``None`` (the adaptor chooses, landing on output times)."""
 
-    def __init__(self, taus: np.ndarray, outputs: torch.Tensor | None, plan: np.ndarray | None):
+    def __init__(self, taus: np.ndarray | None, outputs: torch.Tensor | None, plan: np.ndarray | None,
+                 event=None):
         self.taus = taus
         self.outputs = outputs
         self.plan = plan
+        self.event = event               # terminal event functions (an EventSpec) or None
+        self.event_index: int | None = None
+        self.landmarks: tuple[float, ...] = ()   # step_t / jump_t: adaptive steps land on them too
         self.capturing = outputs is not None
         self.next_output = 1
         self.output_steps = [0]
@@ -42,6 +47,9 @@ class Pass:
         if self.plan is not None:
             return float(self.plan[step + 1] - self.plan[step])
         target = self.taus[self.next_output]
+        if self.landmarks:
+            ahead = [m for m in self.landmarks if m > tau + same_time_tolerance(tau)]
+            target = min(target, ahead[0]) if ahead else target
         if tau + LAND_STRETCH * proposed >= target:
             return float(target - tau)
         return None
@@ -94,3 +102,58 @@ def rms_all(group_sum: Callable[[np.ndarray], np.ndarray], *xs: torch.Tensor) ->
     """Root-mean-square of each tensor, its squares and count summed by ``group_sum`` (all ranks)."""
     sums = group_sum(np.array([float(torch.dot(x, x)) for x in xs] + [xs[0].numel()]))
     return [math.sqrt(v / max(sums[-1], 1.0)) for v in sums[:-1]]
+
+
+class StepCallbacks:
+    """torchdiffeq's step hooks on ``func``: ``callback_step(t0, y0, dt)`` for every step attempt, then
+    ``callback_accept_step`` or ``callback_reject_step`` (adaptive methods), and the ``*_adjoint``
+    variants for each step of the backward pass (which accepts every step; its ``y0`` is the adjoint
+    state ``dL/dy`` there).
+
+    PETSc has no hook per attempt, so the attempts are recognised from the (time, step) pairs the
+    vector field is evaluated at, and the hooks are called, in attempt order, when the step completes."""
+
+    FORWARD = ("callback_step", "callback_accept_step", "callback_reject_step")
+    ADJOINT = ("callback_step_adjoint", "callback_accept_step_adjoint", "callback_reject_step_adjoint")
+
+    def __init__(self, hooks: dict[str, Callable]):
+        self.hooks = hooks
+        self.attempts: list[tuple[float, float]] = []
+        self.adjoint_step: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, func: object, adaptive: bool) -> StepCallbacks | None:
+        hooks = {name: getattr(func, name) for name in cls.FORWARD + cls.ADJOINT if callable(getattr(func, name, None))}
+        if not adaptive:
+            ignored = [name for name in hooks if "accept" in name or "reject" in name]
+            if ignored:
+                warnings.warn(f"{', '.join(ignored)} on func are never called: a fixed-grid method accepts every "
+                              "step (only callback_step and callback_step_adjoint are)", stacklevel=5)
+        return cls(hooks) if hooks else None
+
+    def _call(self, name: str, *args) -> None:
+        hook = self.hooks.get(name)
+        if hook is not None:
+            hook(*args)
+
+    def saw(self, now: float, dt: float) -> None:
+        """A forward evaluation inside the attempt of step ``dt`` from ``now``."""
+        if not self.attempts or self.attempts[-1] != (now, dt):
+            self.attempts.append((now, dt))
+
+    def step_done(self, start_state, sign: float, adaptive: bool) -> None:
+        attempts, self.attempts = self.attempts, []
+        for i, (now, dt) in enumerate(attempts):
+            t0, h = torch.tensor(sign * now), torch.tensor(sign * dt)
+            self._call("callback_step", t0, start_state, h)
+            if adaptive:
+                self._call("callback_accept_step" if i == len(attempts) - 1 else "callback_reject_step",
+                           t0, start_state, h)
+
+    def saw_adjoint(self, now: float, dt: float, sign: float, adjoint_state: Callable) -> None:
+        """An adjoint evaluation in the backward step ``dt`` from ``now``; a new pair is a new step."""
+        if self.adjoint_step != (now, dt):
+            self.adjoint_step = (now, dt)
+            t0, h, lam = torch.tensor(sign * now), torch.tensor(sign * dt), adjoint_state()
+            self._call("callback_step_adjoint", t0, lam, h)
+            self._call("callback_accept_step_adjoint", t0, lam, h)

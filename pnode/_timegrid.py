@@ -67,3 +67,25 @@ def fixed_step_times(taus: np.ndarray, step_size: float | None) -> np.ndarray:
         if merged[i] - merged[i - 1] < gap:
             keep[i if not is_output[i] else i - 1] = False
     return merged[keep]
+
+
+def constructed_grid(grid, t0: float, t_end: float, taus: np.ndarray, sign: float) -> np.ndarray:
+    """A user's step grid (``options['grid_constructor']``, user time) as increasing integration times
+    with the output times inserted; it must run from ``t[0]`` to ``t[-1]``."""
+    if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or grid.numel() < 2:
+        raise InvalidArgumentError("options['grid_constructor'] must return a 1-D tensor of at least two times, got "
+                                   f"{grid!r}")
+    values = sign * grid.detach().to("cpu", torch.float64).numpy()
+    if not np.all(np.diff(values) > 0):
+        raise InvalidArgumentError("options['grid_constructor'] returned times that are not strictly monotone in the "
+                                   "direction of t")
+    if abs(values[0] - t0) > same_time_tolerance(t0) or abs(values[-1] - t_end) > same_time_tolerance(t_end):
+        raise InvalidArgumentError(f"options['grid_constructor'] must return a grid from t[0]={sign * t0} to "
+                                   f"t[-1]={sign * t_end}, got {sign * values[0]} .. {sign * values[-1]}")
+    merged = np.union1d(values[1:-1], taus)
+    keep = np.ones(merged.size, dtype=bool)
+    is_output = np.isin(merged, taus)
+    for i in range(1, merged.size):
+        if merged[i] - merged[i - 1] <= same_time_tolerance(merged[i]):
+            keep[i if not is_output[i] else i - 1] = False
+    return merged[keep]

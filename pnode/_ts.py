@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ._events import EVENT_TOLERANCE
 from ._options import OptionsScope, SolveOptions
 from ._petsc import PETSc
 from ._protocols import Problem
@@ -26,10 +27,12 @@ class TimeStepper:
     """Owns the TS of one problem; :attr:`running` is the method PETSc actually runs after options."""
 
     def __init__(self, method: Method, problem: Problem, options: SolveOptions, rtol: float, atol: float,
-                 comm: PETSc.Comm, pre_step: Callable, post_step: Callable):
+                 comm: PETSc.Comm, pre_step: Callable, post_step: Callable,
+                 events: tuple[int, Callable, Callable] | None = None):
         self.method, self.problem, self.options = method, problem, options
         self.rtol, self.atol, self.comm = rtol, atol, comm
         self._pre_step, self._post_step = pre_step, post_step
+        self._events = events      # (count, indicator, post-event) of terminal events, or None
         self.ts: PETSc.TS | None = None
         self.ts = self._build()
 
@@ -46,9 +49,13 @@ class TimeStepper:
             ts.setErrorIfStepFails(False)
             fixed = self.options.step_size is not None or not self.method.adaptive
             self._defaults = {"ts_adapt_type": "none" if fixed else "basic", "ts_trajectory_type": "memory",
-                              **self.problem.option_defaults}
+                              **self.options.adapt, **self.problem.option_defaults}
             ts.setPreStep(self._pre_step)
             ts.setPostStep(self._post_step)
+            if self._events is not None:
+                count, indicator, post_event = self._events
+                ts.setEventHandler([0] * count, [True] * count, indicator, post_event)
+                ts.setEventTolerances(tol=EVENT_TOLERANCE)
             self._configure(ts, keep_trajectory=True)
             self.running = self._running_method(ts)
         except BaseException:
@@ -150,4 +157,4 @@ class TimeStepper:
         if self.ts is not None:
             self.ts.destroy()      # releases the callbacks PETSc holds (no reference cycle is left)
             self.ts = None
-        self._pre_step = self._post_step = None
+        self._pre_step = self._post_step = self._events = None

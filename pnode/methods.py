@@ -6,15 +6,24 @@ IMEX-capable (``imex=True``): given a :class:`pnode.IMEXField`, the stiff part i
 explicit.
 
 One table, no ``if`` ladders: a method is a row, looked up by name.  torchdiffeq's names map onto the
-PETSc tableau that implements the same scheme; every PETSc Runge-Kutta tableau is also available as
+PETSc tableau that implements the same scheme; where PETSc ships no such tableau, pnode registers the
+published one with PETSc (:mod:`pnode._tableaux`: Tsitouras 5(4), Dormand-Prince 8(7), Fehlberg 1(2),
+Heun 3, the 3/8 rule, SDIRK2, TR-BDF2, implicit midpoint, Gauss-Legendre, Radau IIA), so PETSc runs it
+natively with its controller and adjoint.  Every PETSc Runge-Kutta tableau is also available as
 ``"rk" + <PETSc TSRKType>`` (``rk1fe``, ``rk2a``, ..., ``rk8vr``), so ``-ts_rk_type 5bs`` on the command
-line and ``method="rk5bs"`` in Python name the same scheme.
+line and ``method="rk5bs"`` in Python name the same scheme; the one exception is PETSc's classic RK4
+(``-ts_rk_type 4``), which is ``rk4classic`` because ``rk4`` is torchdiffeq's 3/8-rule variant.
+
+torchdiffeq names pnode does not run (its Adams methods, ``scipy_solver``; Gauss-Legendre and Radau IIA
+until pnode has an assembled-AIJ Jacobian) are refused with the reason and the closest alternatives,
+never replaced by another scheme.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from . import _tableaux
 from .errors import AdjointNotAvailableError, UnknownMethodError
 
 
@@ -61,7 +70,7 @@ _PETSC_RK = [
     _rk("rk2b", "2b", 2, False, "explicit midpoint"),
     _rk("rk3", "3", 3, False, "third-order three-stage Runge-Kutta"),
     _rk("rk3bs", "3bs", 3, True, "Bogacki-Shampine 3(2), FSAL"),
-    _rk("rk4", "4", 4, False, "classic fourth-order Runge-Kutta"),
+    _rk("rk4classic", "4", 4, False, "classic fourth-order Runge-Kutta (PETSc's TSRK4)"),
     _rk("rk5f", "5f", 5, True, "Fehlberg 5(4)"),
     _rk("rk5dp", "5dp", 5, True, "Dormand-Prince 5(4), FSAL"),
     _rk("rk5bs", "5bs", 5, True, "Bogacki-Shampine 5(4)"),
@@ -70,15 +79,24 @@ _PETSC_RK = [
     _rk("rk8vr", "8vr", 8, True, "Verner 8(7)"),
 ]
 
-# torchdiffeq's names for the same schemes (``rk4`` is already PETSc's name for the classic tableau;
-# torchdiffeq's rk4 uses the 3/8 rule, pnode the classic one).  euler/midpoint/heun2/rk4 are fixed-grid
-# solvers: they step on the output grid or on ``step_size``.
+# torchdiffeq's names.  euler/midpoint/heun2/heun3/rk4 are fixed-grid solvers: they step on the output grid
+# or on ``step_size``.  Tableaux PETSc lacks are registered with it (pnode/_tableaux.py) under the names in
+# the second column; they are PETSc RK types like any other (``-ts_rk_type tsit5`` works).
 _TORCHDIFFEQ = [
     _rk("euler", "1fe", 1, False, "forward Euler (= rk1fe)"),
     _rk("midpoint", "2b", 2, False, "explicit midpoint, fixed steps (= rk2b)"),
     _rk("heun2", "2a", 2, False, "Heun's method, fixed steps (= rk2a)"),
+    _rk("heun3", "heun3", 3, False, "Heun's third-order method, fixed steps (registered tableau)"),
+    _rk("rk4", "rk38", 4, False, "Kutta's 3/8-rule fourth-order Runge-Kutta, fixed steps, as torchdiffeq's rk4 "
+        "(registered tableau; PETSc's classic RK4 is rk4classic)"),
+    _rk("adaptive_heun", "2a", 2, True, "Heun's method with embedded Euler, adaptive (= rk2a)"),
+    _rk("fehlberg2", "fehlberg2", 2, True, "Fehlberg 1(2), second-order weights propagated, adaptive "
+        "(registered tableau)"),
     _rk("bosh3", "3bs", 3, True, "Bogacki-Shampine 3(2) (= rk3bs)"),
     _rk("dopri5", "5dp", 5, True, "Dormand-Prince 5(4) (= rk5dp)"),
+    _rk("tsit5", "tsit5", 5, True, "Tsitouras 5(4), FSAL, adaptive (registered tableau)"),
+    _rk("dopri8", "dopri8", 8, True, "Dormand-Prince (Prince-Dormand 1981) 8(7), 13 stages, adaptive "
+        "(registered tableau)"),
 ]
 
 
@@ -109,34 +127,121 @@ _PETSC_IMPLICIT = [
     _implicit("rosw", "rosw", None, 3, True, "Rosenbrock-W (PETSc default tableau); forward only, no adjoint",
               adjoint=False),
 ]
+# torchdiffeq's implicit fixed-grid names: the theta family where it is the same scheme, registered DIRK
+# tableaux otherwise (all with PETSc's discrete adjoint); stepped on the output grid or ``step_size``
+_TORCHDIFFEQ_IMPLICIT = [
+    _implicit("implicit_euler", "beuler", None, 1, False, "backward Euler, fixed steps (= beuler)"),
+    _implicit("trapezoid", "cn", None, 2, False, "trapezoidal rule, fixed steps (= cn)"),
+    _implicit("implicit_midpoint", "dirk", "gauss2", 2, False,
+              "implicit midpoint rule (one-stage Gauss), fixed steps (registered DIRK tableau)"),
+    _implicit("sdirk2", "dirk", "sdirk2", 2, False,
+              "Alexander's two-stage SDIRK, gamma = 1 - 1/sqrt(2), L-stable, fixed steps (registered DIRK tableau)"),
+    _implicit("trbdf2", "dirk", "trbdf2", 2, False,
+              "TR-BDF2 as a three-stage ESDIRK, L-stable, fixed steps (registered DIRK tableau)"),
+]
+# fully implicit collocation methods: PETSc's TSIRK runs them (pnode registers the tableaux), forward only:
+# TSIRK has no discrete adjoint in PETSc 3.26
+_IRK = [
+    _implicit("gl4", "irk", "gl4", 4, False, "Gauss-Legendre, 2 stages, fixed steps (TSIRK); forward only, no "
+              "adjoint", adjoint=False),
+    _implicit("gl6", "irk", "gl6", 6, False, "Gauss-Legendre, 3 stages, fixed steps (TSIRK); forward only, no "
+              "adjoint", adjoint=False),
+    _implicit("radauIIA3", "irk", "radauIIA3", 3, False, "Radau IIA, 2 stages, fixed steps (TSIRK); forward only, "
+              "no adjoint", adjoint=False),
+    _implicit("radauIIA5", "irk", "radauIIA5", 5, False, "Radau IIA, 3 stages, fixed steps (TSIRK); forward only, "
+              "no adjoint", adjoint=False),
+]
+
 # short names for the default tableau of each family
 _ALIASES = [
     replace(row, name=alias, description=f"{row.description} (= {row.name})")
     for alias, row in (("arkimex", _PETSC_IMPLICIT[4]), ("dirk", _PETSC_IMPLICIT[10]))
 ]
 
-# how each TS type's tableau is set and read back (types without tableaux are absent)
+# how each TS type's tableau is set and read back (types without tableaux are absent); TSIRK's setter and
+# getter are not wrapped by petsc4py 3.26 and go through pnode._tableaux
 TABLEAU_ACCESS = {
     "rk": ("setRKType", "getRKType"),
     "arkimex": ("setARKIMEXType", "getARKIMEXType"),
     "dirk": ("setDIRKType", "getDIRKType"),
+    "irk": (None, None),
 }
+
+_NO_ADJOINT_HINT = "gauss2 (implicit_midpoint), sdirk2, trbdf2, arkimex4, dirkes324sal"
+_IRK_MISSING = (
+    "PETSc runs it as TSIRK (pnode registers the tableau: -ts_irk_type {tableau}), but TSIRK builds its stage "
+    "matrix as a MATKAIJ over an assembled AIJ Jacobian, and pnode's Jacobians are matrix-free shells, so "
+    "pnode cannot run it yet; TSIRK also has no discrete adjoint in PETSc 3.26.  Implicit methods with an "
+    "adjoint: " + _NO_ADJOINT_HINT)
+
+# torchdiffeq names pnode refuses, with the reason: running another scheme under these names would be wrong
+REFUSED: dict[str, str] = {
+    "explicit_adams": (
+        "torchdiffeq's explicit_adams is a fixed-grid Adams-Bashforth method (orders up to 12, started with "
+        "RK4); PETSc 3.26 has no Adams TS type (its multistep types are bdf and the general linear glee/glle), "
+        "so pnode has no scheme with that meaning.  Fixed-step explicit methods with an adjoint: rk4, heun3, "
+        "rk5bs (options={'step_size': h}); adaptive: dopri5, tsit5, dopri8"),
+    "implicit_adams": (
+        "torchdiffeq's implicit_adams is an Adams-Bashforth-Moulton predictor-corrector (fixed grid); PETSc "
+        "3.26 has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: "
+        "rk4 or dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
+    "fixed_adams": (
+        "torchdiffeq's fixed_adams is its implicit_adams (Adams-Bashforth-Moulton, fixed grid); PETSc 3.26 "
+        "has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: rk4 or "
+        "dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
+    "scipy_solver": (
+        "torchdiffeq's scipy_solver calls scipy.integrate.solve_ivp without gradients; pnode integrates with "
+        "PETSc only.  The same schemes with PETSc's adjoint: scipy's 'RK45' is method='dopri5', 'RK23' is "
+        "method='bosh3'; 'DOP853' (Hairer's 8(5,3)), 'Radau' (adaptive Radau IIA), 'BDF' (variable-order NDF) "
+        "and 'LSODA' have no PETSc scheme with the same tableau (nearest: rk8vr or dopri8, arkimex5, bdf)"),
+}
+REFUSED.update({row.name: f"{row.name} ({row.description.split(',')[0]}): " + _IRK_MISSING.format(tableau=row.tableau)
+                for row in _IRK})
+
+# scipy.integrate.solve_ivp's method names with a PETSc scheme of the same tableau (for options['solver'])
+SCIPY_EQUIVALENTS = {"RK45": "dopri5", "RK23": "bosh3"}
 
 METHODS: dict[str, Method] = {m.name: m for m in _PETSC_RK}
 METHODS.update({m.name: m for m in _TORCHDIFFEQ})
 METHODS.update({m.name: m for m in _PETSC_IMPLICIT})
+METHODS.update({m.name: m for m in _TORCHDIFFEQ_IMPLICIT})
 METHODS.update({m.name: m for m in _ALIASES})
+
+# names are case-insensitive (torchdiffeq's radauIIA3 has capitals)
+_METHODS_LOWER = {k.lower(): m for k, m in METHODS.items()}
+_REFUSED_LOWER = {k.lower(): why for k, why in REFUSED.items()}
 
 DEFAULT_METHOD = "dopri5"
 
 
 def available_methods() -> list[str]:
-    """All method names, sorted."""
+    """All method names, sorted.
+
+    Returns
+    -------
+    list of str
+        Every name ``method=`` accepts (torchdiffeq's and PETSc's).
+
+    Examples
+    --------
+    >>> "tsit5" in pnode.available_methods()
+    True
+    """
     return sorted(METHODS)
 
 
 def method_table() -> str:
-    """A human-readable listing of the method table (used in docs and error messages)."""
+    """A human-readable listing of the method table (used in docs and error messages).
+
+    Returns
+    -------
+    str
+        One line per method: name, PETSc TS type/tableau, order, adaptive or fixed, description.
+
+    Examples
+    --------
+    >>> print(pnode.method_table())   # doctest: +SKIP
+    """
     rows = [f"  {m.name:<13} {m.ts_type + '/' + (m.tableau or '-'):<17} order {m.order}"
             f"{'  adaptive' if m.adaptive else '  fixed   '}  {m.description}"
             for m in sorted(METHODS.values(), key=lambda m: m.name)]
@@ -149,30 +254,47 @@ def get_method(name: str) -> Method:
         raise UnknownMethodError(f"method must be a string naming an integrator, got {type(name).__name__}; "
                                  f"valid methods: {', '.join(available_methods())}")
     key = name.strip().lower()
-    if key not in METHODS:
+    if key in _REFUSED_LOWER:
+        raise UnknownMethodError(f"method {name!r} is not available in pnode: {_REFUSED_LOWER[key]}")
+    if key not in _METHODS_LOWER:
         raise UnknownMethodError(f"unknown method {name!r}; valid methods are:\n{method_table()}")
-    return METHODS[key]
+    return _METHODS_LOWER[key]
 
 
 def by_petsc_type(ts_type: str, tableau: str | None, form: str = "rhs") -> Method | None:
     """The row PETSc is actually running (after command-line options), preferring PETSc's own naming;
     only rows of the given callback ``form`` qualify (a TS needs the callbacks it was built with)."""
-    for m in _PETSC_RK + _PETSC_IMPLICIT:
+    for m in _PETSC_RK + _PETSC_IMPLICIT + _TORCHDIFFEQ + _TORCHDIFFEQ_IMPLICIT:
         if m.ts_type == ts_type and m.tableau == tableau and m.form == form:
             return m
     return None
 
 
 def set_tableau(ts, method: Method) -> None:
-    """Give ``ts`` the method's tableau (types without one have nothing to set)."""
-    if method.tableau is not None:
-        getattr(ts, TABLEAU_ACCESS[method.ts_type][0])(method.tableau)
+    """Give ``ts`` the method's tableau (types without one have nothing to set).
+
+    pnode's own tableaux of the method's TS family are registered with PETSc first (once per process),
+    so that the name, and a ``-ts_rk_type``/``-ts_dirk_type`` naming another of them, resolves."""
+    if method.ts_type in TABLEAU_ACCESS:
+        _tableaux.ensure_registered(method.ts_type)
+    if method.tableau is None:
+        return
+    setter = TABLEAU_ACCESS[method.ts_type][0]
+    if setter is None:
+        _tableaux.set_irk_type(ts, method.tableau)
+    else:
+        getattr(ts, setter)(method.tableau)
 
 
 def running_tableau(ts) -> str | None:
     """The tableau ``ts`` runs now (after options), or ``None`` for types without tableaux."""
-    access = TABLEAU_ACCESS.get(ts.getType())
-    return getattr(ts, access[1])() if access else None
+    ts_type = ts.getType()
+    access = TABLEAU_ACCESS.get(ts_type)
+    if access is None:
+        return None
+    if access[1] is None:
+        return _tableaux.irk_type(ts)
+    return getattr(ts, access[1])()
 
 
 def require_adjoint(method: Method) -> None:

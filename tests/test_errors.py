@@ -80,10 +80,16 @@ def test_wrong_output_shape_and_dtype():
             pnode.odeint(lambda t, y: y.float(), torch.ones(2), T)
 
 
-def test_plain_function_with_hidden_tensors_needs_adjoint_params():
+def test_plain_function_tensors_are_found_or_given():
+    """A plain function closing over tensors that require grad: pnode finds them from its graph (as
+    torchdiffeq's odeint differentiates them), or takes them from adjoint_params."""
     k = torch.tensor(0.5, requires_grad=True)
-    with pytest.raises(InvalidArgumentError, match="adjoint_params"):
-        pnode.odeint(lambda t, y: -k * y, torch.ones(2), T)
+    w = torch.tensor(2.0, requires_grad=True)
+    y = pnode.odeint(lambda t, y: -k * w * y, torch.ones(2), T)
+    gk, gw = torch.autograd.grad(y[-1].sum(), [k, w])
+    # y(1) = exp(-k w): d/dk = -w exp(-k w), d/dw = -k exp(-k w), summed over two components
+    assert gk.item() == pytest.approx(-2 * 2.0 * torch.exp(torch.tensor(-1.0)).item(), rel=1e-6)
+    assert gw.item() == pytest.approx(-2 * 0.5 * torch.exp(torch.tensor(-1.0)).item(), rel=1e-6)
     y = pnode.odeint(lambda t, y: -k * y, torch.ones(2), T, adjoint_params=(k,))
     (g,) = torch.autograd.grad(y[-1].sum(), [k])
     assert g.item() == pytest.approx(-2 * torch.exp(torch.tensor(-0.5)).item(), rel=1e-6)

@@ -65,7 +65,7 @@ def test_adaptive_gradients_match_plain_torch_replay(name, mlp):
 def test_decreasing_time_matches_plain_torch(mlp):
     y0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(4)).requires_grad_()
     t = torch.tensor([1.0, 0.6, -0.2])
-    solver = pnode.ODESolver(mlp, method="rk4", options={"step_size": 0.25})
+    solver = pnode.ODESolver(mlp, method="rk4classic", options={"step_size": 0.25})
     ys = solver(y0, t)
     steps = solver.step_times
     assert torch.all(steps.diff() < 0)
@@ -94,7 +94,7 @@ def test_tuple_state_gradients(mlp):
     x0 = torch.randn(3, 3, generator=torch.Generator().manual_seed(5)).requires_grad_()
     v0 = torch.zeros(3, 3).requires_grad_()
     t = torch.tensor([0.0, 0.5, 1.2])
-    solver = pnode.ODESolver(func, method="rk4", options={"step_size": 0.1})
+    solver = pnode.ODESolver(func, method="rk4classic", options={"step_size": 0.1})
     xs, vs = solver((x0, v0), t)
     assert xs.shape == (3, 3, 3) and vs.shape == (3, 3, 3)
     params = [x0, v0, *func.parameters()]
@@ -150,3 +150,49 @@ def test_high_order_gradients_match_central_differences(name, mlp):
     eps = 1e-5
     fd = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
     assert abs(adjoint - fd) <= 1e-8 * abs(fd)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("rk4", {"step_size": 0.05}),
+    ("dopri5", {"rtol": None}),                          # FSAL: a kept stage serves two adjoint stages
+    ("rk4", {"step_size": 0.05, "checkpoints": 3}),      # graphs of one segment at a time
+    ("bosh3", {"checkpoints": 2}),                       # adaptive, checkpointed: replayed segments
+])
+def test_keep_graph_gives_the_same_gradients_without_reevaluating(method, options):
+    """options['keep_graph']: the adjoint uses the forward pass's stage graphs; gradients equal the
+    default mode's exactly (the same arithmetic), and the backward pass evaluates func only where a
+    checkpointed segment is recomputed."""
+    options = {k: v for k, v in options.items() if v is not None}
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    calls = [0]
+
+    def field(t, y):
+        calls[0] += 1
+        return net(y)
+
+    y0 = torch.randn(5, 3, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 1.0])
+    results = []
+    for keep in (False, True):
+        solver = pnode.ODESolver(field, method=method, options={**options, "keep_graph": keep},
+                                 adjoint_params=tuple(net.parameters()))
+        ys = solver(y0, t)
+        calls[0] = 0
+        grads = torch.autograd.grad(ys.pow(2).sum(), [y0, *net.parameters()], retain_graph=True)
+        backward_calls = calls[0]
+        again = torch.autograd.grad(ys.pow(2).sum(), [y0, *net.parameters()])   # replays, graphs again
+        results.append((grads, again, backward_calls))
+    (plain, _, plain_calls), (kept, kept_again, kept_calls) = results
+    for a, b, c in zip(plain, kept, kept_again):
+        assert torch.equal(a, b)
+        assert torch.allclose(c, a, rtol=1e-13, atol=1e-15)
+    assert kept_calls < plain_calls
+    if "checkpoints" not in options:
+        assert kept_calls <= 3          # a step's FSAL stage evaluated at most once more
+
+
+def test_keep_graph_is_refused_for_implicit_methods():
+    with pytest.raises(pnode.InvalidArgumentError, match="keep_graph"):
+        pnode.odeint(lambda t, y: -y, torch.ones(2, requires_grad=True), torch.tensor([0.0, 1.0]), method="beuler",
+                     options={"step_size": 0.1, "keep_graph": True}, adjoint_params=())

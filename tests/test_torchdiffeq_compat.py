@@ -55,3 +55,161 @@ def test_zero_dimensional_state_with_implicit_methods(method):
     (g1,) = torch.autograd.grad(ref[-1].sum(), [y1])
     assert torch.allclose(ys, ref[:, 0], rtol=1e-13, atol=0)
     assert torch.allclose(g, g1[0], rtol=1e-13) and abs(ys[-1].item() - math.exp(-1.0)) < 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["euler", "rk4", "implicit_euler", "trapezoid", "sdirk2"])
+def test_perturb_evaluates_just_inside_each_step(method, dtype):
+    seen = []
+
+    def f(t, x):
+        seen.append(t.item())
+        return -x
+
+    results = {}
+    for perturb in (True, False):
+        seen.clear()
+        x0 = torch.tensor([1.0, 2.0], dtype=dtype, requires_grad=True)    # func's t in dtype: nudged in it
+        xs = pnode.odeint(f, x0, torch.tensor([0.0, 1.0], dtype=dtype), method=method,
+                          options={"step_size": 0.5, "perturb": perturb})
+        forward = set(seen)
+        seen.clear()
+        xs.sum().backward()
+        backward = set(seen)
+        results[perturb] = (xs.detach(), x0.grad)
+        grid_hits = forward & {0.0, 0.5}
+        if perturb:
+            assert not grid_hits and not backward & {0.5, 1.0}
+        else:
+            assert 0.5 in grid_hits      # the interior grid time ends one step and starts the next
+    # one ulp of time changes nothing for an autonomous field: same values and gradients
+    for a, b in zip(results[True], results[False]):
+        assert torch.equal(a, b)
+
+
+class Jump:
+    """-x/2 before t = 1/2, x^2 after: discontinuous in t."""
+
+    def __init__(self):
+        self.nfe = 0
+
+    def __call__(self, t, x):
+        self.nfe += 1
+        return -0.5 * x if t < 0.5 else x ** 2
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_jump_t_lands_restarts_and_costs_less(method):
+    x0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    plain, better = Jump(), Jump()
+    xs_plain = pnode.odeint(plain, x0, t, rtol=1e-6, atol=1e-6, method=method)
+    xs = pnode.odeint(better, x0, t, rtol=1e-6, atol=1e-6, method=method, options={"jump_t": torch.tensor([0.5])})
+    assert better.nfe < plain.nfe
+    # exact: x(1/2) = x0 exp(-1/4), then x' = x^2: x(1) = 1 / (1 / x(1/2) - 1/2)
+    half = x0.detach() * math.exp(-0.25)
+    exact = 1 / (1 / half - 0.5)
+    assert torch.allclose(xs[-1].detach(), exact, rtol=1e-4)     # global error of x^2 growth at tol 1e-6
+    assert (torch.abs(xs[-1] - exact) < torch.abs(xs_plain[-1] - exact) + 1e-9).all()
+    # gradient: dx(1)/dx0 = exact^2 / half^2 * exp(-1/4)
+    plain.nfe = better.nfe = 0
+    (grad,) = torch.autograd.grad(xs[-1].sum(), [x0])
+    assert torch.allclose(grad, exact**2 / half**2 * math.exp(-0.25), rtol=1e-4)
+
+
+def test_step_t_times_are_step_boundaries():
+    solver = pnode.ODESolver(lambda t, y: -y, method="dopri5", options={"step_t": [0.123, 0.777]})
+    with torch.no_grad():
+        solver(torch.ones(2), torch.tensor([0.0, 1.0]))
+    steps = solver.step_times
+    for landmark in (0.123, 0.777):
+        assert torch.isclose(steps, torch.tensor(landmark, dtype=torch.float64), rtol=0, atol=1e-14).any()
+
+
+def test_grid_constructor_sets_the_fixed_grid():
+    x0 = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    xs = pnode.odeint(lambda t, x: x, x0, torch.tensor([0.0, 1.0]), method="euler",
+                      options={"grid_constructor": lambda f, y0, t: torch.linspace(0, 1, 11)})
+    assert xs[1].item() == pytest.approx(1.1**10, rel=1e-14)          # ten Euler steps of 0.1
+    xs[1].backward()
+    assert x0.grad.item() == pytest.approx(1.1**10, rel=1e-14)
+    with pytest.raises(pnode.InvalidArgumentError, match="grid_constructor"):
+        pnode.odeint(lambda t, x: x, x0, torch.tensor([0.0, 1.0]), method="euler",
+                     options={"grid_constructor": lambda f, y0, t: torch.linspace(0, 0.5, 11)})
+
+
+def test_min_and_max_step_bound_the_controller():
+    A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+    t = torch.linspace(1, 8, 10, dtype=torch.float64)
+    counts = {}
+    for options in ({}, {"min_step": 2.0}, {"max_step": 0.05}):
+        solver = pnode.ODESolver(lambda t, y: A @ y, options=options)
+        with torch.no_grad():
+            solver(torch.ones(2, dtype=torch.float64), t)
+        counts[tuple(options)] = solver.stats.steps
+        gaps = torch.diff(solver.step_times)
+        if "max_step" in options:
+            assert gaps.max() <= 0.05 * (1 + 1e-12)
+    assert counts[("min_step",)] < counts[()] < counts[("max_step",)]
+
+
+def test_interp_and_adjoint_arguments_are_accepted_or_refused_clearly():
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    ys = pnode.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 0.1, "interp": "cubic"},
+                      adjoint_method="rk4", adjoint_options={"norm": "seminorm"})
+    assert ys.shape == (3, 2)
+    with pytest.raises(pnode.InvalidArgumentError, match="interp"):
+        pnode.odeint(lambda t, y: -y, y0, t, options={"interp": "spline"})
+    with pytest.raises(pnode.InvalidArgumentError, match="adjoint_method"):
+        pnode.odeint(lambda t, y: -y, y0, t, method="rk4", adjoint_method="dopri5")
+    with pytest.raises(pnode.InvalidArgumentError, match="adjoint_options"):
+        pnode.odeint(lambda t, y: -y, y0, t, adjoint_options={"rtol": 1e-3})
+
+
+def test_adjoint_tolerances_set_the_transposed_solves_of_implicit_methods():
+    """matrix-free GMRES transposed solves: a loose adjoint_rtol moves the gradient by about that much,
+    a tight one reproduces the default's."""
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    A = torch.tensor([[-2.0, 1.0], [0.5, -3.0]], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    grads = {}
+    for rtol in (None, 1e-12, 1e-2):
+        ys = pnode.odeint(lambda t, y: A @ y, y0, t, method="beuler",
+                          options={"step_size": 0.1, "jacobian": "matrix_free"}, adjoint_rtol=rtol)
+        (grads[rtol],) = torch.autograd.grad(ys[-1].sum(), [y0])
+    assert torch.allclose(grads[1e-12], grads[None], rtol=1e-9)
+    assert not torch.allclose(grads[1e-2], grads[None], rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rk4"])
+def test_step_callbacks_see_every_attempt_and_every_adjoint_step(method):
+    """callback_step for each attempt, then accept or reject (adaptive); the *_adjoint hooks once per
+    step of the backward pass.  Counts are checked against PETSc's own step and rejection counts."""
+    calls = {name: [] for name in ("step", "accept", "reject", "step_adjoint", "accept_adjoint")}
+
+    class Field(Jump):
+        pass
+
+    f = Field()
+    f.callback_step = lambda t0, y0, dt: calls["step"].append((float(t0), float(dt)))
+    f.callback_step_adjoint = lambda t0, y0, dt: calls["step_adjoint"].append(float(t0))
+    adaptive = method == "dopri5"
+    if adaptive:
+        f.callback_accept_step = lambda t0, y0, dt: calls["accept"].append(float(t0))
+        f.callback_reject_step = lambda t0, y0, dt: calls["reject"].append(float(t0))
+        f.callback_accept_step_adjoint = lambda t0, y0, dt: calls["accept_adjoint"].append(float(t0))
+    x0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    solver = pnode.ODESolver(f, method=method, options=None if adaptive else {"step_size": 0.1}, adjoint_params=())
+    xs = solver(x0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    steps, rejected = solver.stats.steps, solver.stats.rejected_steps
+    xs.sum().backward()
+    assert len(calls["step"]) == steps + rejected
+    if adaptive:
+        # the discontinuity at t = 1/2 makes the controller reject steps there
+        assert rejected > 0 and len(calls["reject"]) == rejected and len(calls["accept"]) == steps
+        assert len(calls["accept_adjoint"]) == steps
+    else:
+        assert steps == 10 and [round(t, 12) for t, _ in calls["step"]] == [round(0.1 * i, 12) for i in range(10)]
+    assert len(calls["step_adjoint"]) == steps
+    assert calls["step_adjoint"] == sorted(calls["step_adjoint"], reverse=True)      # backward in time
