@@ -1,6 +1,10 @@
 """pnode.nn against independent oracles: plain-torch RK4 loops differentiated by autograd (with their own
 augmented CNF dynamics, written here again), matrix exponentials for linear flows, central differences.
 
+The oracle loop is the classic RK4 tableau, so the comparisons run pnode's ``rk4classic`` (pnode's
+``rk4`` is torchdiffeq's 3/8-rule variant), with and without ``options["keep_graph"]`` (the forward's
+stage graphs reused by the adjoint: the CNF's divergence graph must then be built in the forward pass).
+
 Tolerances: pnode and a plain-torch loop compute the same discrete map, so they agree to rounding
 (1e-12 relative for the ODE block, 1e-10 for CNFs, whose second derivatives add summation orders); the
 analytic density is compared with a dopri5 solve at rtol 1e-11 (1e-8 leaves its truncation error room).
@@ -84,9 +88,10 @@ def oracle_log_prob(net, x, noise=None, kinetic=False, frobenius=False, t1=1.0):
 
 
 # ------------------------------------------------------------------------------------ ODEBlock
-def test_odeblock_equals_plain_rk4_and_its_gradients():
+@pytest.mark.parametrize("keep_graph", [False, True])
+def test_odeblock_equals_plain_rk4_and_its_gradients(keep_graph):
     func = Field(dim=3, seed=1)
-    block = ODEBlock(func, method="rk4", options={"step_size": 0.1})
+    block = ODEBlock(func, method="rk4classic", options={"step_size": 0.1, "keep_graph": keep_graph})
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(2)).requires_grad_()
     weights = torch.randn(6, 3, generator=torch.Generator().manual_seed(3))
     y = block(x)
@@ -141,7 +146,7 @@ def test_odeblock_float32_conv_field():
             return torch.tanh(self.conv(torch.cat([y, t.expand(len(y), 1, *y.shape[2:])], dim=1)))
 
     func = Conv().float()
-    block = ODEBlock(func, method="rk4", options={"step_size": 0.25})
+    block = ODEBlock(func, method="rk4classic", options={"step_size": 0.25})
     x = torch.randn(3, 2, 5, 5, dtype=torch.float32)
     y = block(x)
     assert y.dtype == torch.float32 and y.shape == x.shape
@@ -190,11 +195,12 @@ def test_cnf_linear_field_has_the_analytic_density():
     assert rel_err(cnf.inverse(out.z.detach()), x) < 1e-8
 
 
-@pytest.mark.parametrize("regularized", [False, True])
-def test_cnf_exact_trace_gradients_match_plain_rk4(regularized):
+@pytest.mark.parametrize("regularized, keep_graph", [(False, False), (True, False), (True, True)])
+def test_cnf_exact_trace_gradients_match_plain_rk4(regularized, keep_graph):
     net = Field(dim=2, seed=3)
     regs = ("kinetic_energy", "jacobian_frobenius") if regularized else ()
-    cnf = CNF(net, trace="exact", regularization=regs, method="rk4", options={"step_size": H})
+    cnf = CNF(net, trace="exact", regularization=regs, method="rk4classic",
+              options={"step_size": H, "keep_graph": keep_graph})
     x = torch.randn(7, 2, generator=torch.Generator().manual_seed(4)).requires_grad_()
     out = cnf(x)
     loss = -out.log_prob.mean() + sum(0.3 * r.mean() for r in out.regularization.values())
@@ -215,7 +221,7 @@ def test_cnf_log_prob_gradient_matches_central_differences():
     """The discrete solution's log-density differentiated by central differences in a few parameter
     entries (step 1e-5: truncation ~1e-10, rounding ~1e-11 of the values)."""
     net = Field(dim=2, seed=6)
-    cnf = CNF(net, method="rk4", options={"step_size": H})
+    cnf = CNF(net, method="rk4", options={"step_size": H})          # torchdiffeq's 3/8-rule RK4
     x = torch.randn(5, 2, generator=torch.Generator().manual_seed(7))
     cnf.log_prob(x).sum().backward()
     eps = 1e-5
@@ -231,14 +237,14 @@ def test_cnf_log_prob_gradient_matches_central_differences():
         assert abs(param.grad[index].item() - fd) < 1e-7 * max(1.0, abs(fd)), (index, param.grad[index], fd)
 
 
-@pytest.mark.parametrize("noise_kind", ["gaussian", "rademacher"])
-def test_hutchinson_with_fixed_noise_matches_plain_rk4(noise_kind):
+@pytest.mark.parametrize("noise_kind, keep_graph", [("gaussian", False), ("rademacher", False), ("rademacher", True)])
+def test_hutchinson_with_fixed_noise_matches_plain_rk4(noise_kind, keep_graph):
     """The adjoint gradient is exact for the drawn noise: it equals autograd through a plain-torch RK4 of
     the same estimator with the same noise (and the noise pnode draws itself is held fixed too)."""
     net = Field(dim=3, seed=8)
     regs = ("kinetic_energy", "jacobian_frobenius")
-    cnf = CNF(net, trace="hutchinson", noise=noise_kind, regularization=regs, method="rk4",
-              options={"step_size": H}, generator=torch.Generator().manual_seed(11))
+    cnf = CNF(net, trace="hutchinson", noise=noise_kind, regularization=regs, method="rk4classic",
+              options={"step_size": H, "keep_graph": keep_graph}, generator=torch.Generator().manual_seed(11))
     x = torch.randn(6, 3, generator=torch.Generator().manual_seed(10))
     noise = sample_noise(x.shape, noise_kind, generator=torch.Generator().manual_seed(12))
     if noise_kind == "rademacher":
