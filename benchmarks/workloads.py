@@ -3,16 +3,19 @@
 digits: examples/classify_digits.py's model (conv stem, 16-channel conv ODE block, linear head; float32),
     batch 64, RK4 with 4 fixed steps on [0, 1]; one epoch = 23 iterations over the 1437 training images
     (no augmentation).  Time per epoch and the process's peak RSS growth while training.
-    Variants: pnode (every step kept for the adjoint), pnode with ``options={"checkpoints": 2}``
-    (memory-lean: Revolve with 2 stored states, recomputing), torchdiffeq ``odeint`` (backpropagation
-    through the solver's operations) and ``odeint_adjoint`` (continuous adjoint, solved backwards).
+    Variants: pnode (every step's state kept for the adjoint, the field re-evaluated in each VJP), pnode
+    with ``options={"keep_graph": True}`` (graph-keeping: the forward's stage graphs reused by the
+    adjoint's VJPs), pnode with ``options={"checkpoints": 2}`` (memory-lean: Revolve with 2 stored states,
+    recomputing), torchdiffeq ``odeint`` (backpropagation through the solver's operations) and
+    ``odeint_adjoint`` (continuous adjoint, solved backwards).
 cnf: examples/cnf_toy.py's flow network (MLP 3-64-64-64-2, tanh; float64), batch 256, RK4 with 8 fixed
     steps, exact trace and Hutchinson's (Rademacher noise), the density's negative log-likelihood plus
     both RNODE regularizers.  Time per training iteration.  The torchdiffeq side integrates the same
-    augmented dynamics (written below, FFJORD-style) with torchdiffeq's RK4 on the same steps.
+    augmented dynamics (written below, FFJORD-style) with torchdiffeq's RK4 on the same steps.  Variants:
+    pnode, pnode with ``keep_graph``, torchdiffeq ``odeint`` and ``odeint_adjoint``.
 
-All variants make the same number of vector-field evaluations (4 per step); torchdiffeq's ``rk4`` is
-the 3/8-rule variant of the classic tableau that pnode runs, the same cost.  Every (workload, variant)
+All variants run the same scheme (``rk4``: the 3/8-rule RK4, pnode's and torchdiffeq's) on the same
+steps, 4 vector-field evaluations per step.  Every (workload, variant)
 runs in its own process; the variants are run in alternation, ``--rounds`` times, and the table gives
 the median over the rounds.
 
@@ -33,8 +36,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
 from _common import peak_rss_bytes, run_child, write_table  # noqa: E402
 
-DIGITS_VARIANTS = ["pnode", "pnode_checkpoints2", "torchdiffeq", "torchdiffeq_adjoint"]
-CNF_VARIANTS = ["pnode", "torchdiffeq", "torchdiffeq_adjoint"]
+DIGITS_VARIANTS = ["pnode", "pnode_keep_graph", "pnode_checkpoints2", "torchdiffeq", "torchdiffeq_adjoint"]
+CNF_VARIANTS = ["pnode", "pnode_keep_graph", "torchdiffeq", "torchdiffeq_adjoint"]
+MODES = {"pnode": {}, "pnode_keep_graph": {"keep_graph": True}, "pnode_checkpoints2": {"checkpoints": 2}}
 WORKLOADS = [("digits", v) for v in DIGITS_VARIANTS] + [
     (f"cnf_{trace}", v) for trace in ("exact", "hutchinson") for v in CNF_VARIANTS]
 
@@ -53,8 +57,7 @@ def digits_child(variant: str, iterations: int) -> dict:
     func = ConvODEFunc(16).float()
     step = 0.25
     if variant.startswith("pnode"):
-        options = {"step_size": step, **({"checkpoints": 2} if variant == "pnode_checkpoints2" else {})}
-        block = ODEBlock(func, method="rk4", options=options)
+        block = ODEBlock(func, method="rk4", options={"step_size": step, **MODES[variant]})
     else:
         import torchdiffeq
 
@@ -145,9 +148,9 @@ def cnf_child(workload: str, variant: str, iterations: int) -> dict:
     step, batch, weight = 0.125, 256, 0.01
     regs = ("kinetic_energy", "jacobian_frobenius")
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    if variant == "pnode":
+    if variant.startswith("pnode"):
         cnf = CNF(net, trace=trace, noise="rademacher", regularization=regs, method="rk4",
-                  options={"step_size": step})
+                  options={"step_size": step, **MODES[variant]})
 
         def objective(x):
             out = cnf(x)
