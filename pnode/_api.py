@@ -7,23 +7,26 @@ the autograd function, which calls the driver forward and, on ``backward()``, ba
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._autograd import OdeintFunction
+from ._autograd import NoAdjoint, OdeintFunction
 from ._bridge import ParamLayout, StateLayout
 from ._driver import Driver, Lease
 from ._events import EventGradient, EventSpec
 from ._options import SolveOptions
 from ._petsc import check_scalar_type
+from ._scipy import solve_with_scipy
 from ._spec import SolveSpec
+from ._stepping import StepCallbacks
 from ._timegrid import check_times
 from .distributed import RankGroup
 from .errors import InvalidArgumentError
-from .methods import DEFAULT_METHOD, Method, get_method, require_adjoint
+from .methods import DEFAULT_METHOD, Method, get_method, no_adjoint_message
 from .stats import SolveStats
 
 State = torch.Tensor | tuple[torch.Tensor, ...]
@@ -99,6 +102,9 @@ class ODESolver:
             self.method.name, None if adjoint_rtol is None else _tolerance(adjoint_rtol, "adjoint_rtol"),
             None if adjoint_atol is None else _tolerance(adjoint_atol, "adjoint_atol"), adjoint_method,
             adjoint_options)
+        if self.options.solver is not None and self.method.ts_type != "scipy":
+            raise InvalidArgumentError(f"options['solver'] names scipy's method for method='scipy_solver'; "
+                                       f"method={self.method.name!r} integrates with PETSc: remove it")
         self._adjoint_params = None if adjoint_params is None else tuple(adjoint_params)
         for i, p in enumerate(self._adjoint_params or ()):
             if not isinstance(p, torch.Tensor):
@@ -116,10 +122,17 @@ class ODESolver:
         """Solve from ``y0`` over ``t``; see :func:`odeint` (also for ``event_fn``)."""
         self.group.seconds = 0.0      # communication time of this call (stats.communication_time)
         args = (y0, t, event_fn)
+        if self.method.ts_type == "scipy":
+            return self._solve_with_scipy(y0, t, event_fn)
         spec, rebuild = self._spec_everywhere(*args) if self.group.distributed else self._spec_here(*args)
         driver = self._driver_for(spec, rebuild)
         y0_flat = spec.layout.flatten(y0, differentiable=spec.needs_grad)
-        if spec.needs_grad:
+        if spec.needs_grad and not self.method.adjoint:
+            # a forward-only method: solve, and let backward() say why there is no gradient
+            outputs, record = driver.forward(spec.without_gradient(), y0_flat.detach())
+            record.release()
+            outputs = NoAdjoint.apply(no_adjoint_message(self.method), outputs, t, y0_flat, *spec.params)
+        elif spec.needs_grad:
             # the graph's own lease keeps the driver for backward(), even if this solver goes first
             outputs = OdeintFunction.apply(driver, spec, Lease(driver), t, y0_flat, *spec.params)
         else:
@@ -160,6 +173,23 @@ class ODESolver:
             lease.release()
 
     # ------------------------------------------------------------------ internals
+    def _solve_with_scipy(self, y0: State, t: torch.Tensor, event_fn: Callable | None):
+        if event_fn is not None or self.group.distributed:
+            raise InvalidArgumentError("method='scipy_solver' supports neither event_fn nor comm=: use a PETSc method")
+        hooks = [name for name in StepCallbacks.FORWARD + StepCallbacks.ADJOINT if hasattr(self.func, name)]
+        if hooks:
+            warnings.warn(f"{', '.join(hooks)} on func are never called by method='scipy_solver' (scipy offers no "
+                          "step hooks)", stacklevel=3)
+        spec = self._spec(y0, t, None)
+        y0_flat = spec.layout.flatten(y0)
+        outputs = solve_with_scipy(self.func, spec, y0_flat, self.rtol, self.atol, self.options.solver,
+                                   self.options.min_step, self.options.max_step)
+        self.stats.reset_forward(self.method.name, f"scipy {self.options.solver or 'RK45'}")
+        if spec.needs_grad:
+            outputs = NoAdjoint.apply(no_adjoint_message(self.method), outputs, t, spec.layout.flatten(
+                y0, differentiable=True), *spec.params)
+        return spec.layout.unflatten(outputs)
+
     def _spec(self, y0: State, t: torch.Tensor, event_fn: Callable | None) -> SolveSpec:
         layout = StateLayout.of(y0)
         taus, sign = check_times(t)
@@ -176,8 +206,6 @@ class ODESolver:
         parts = tuple(y0) if layout.is_tuple else (y0,)
         needs_grad = torch.is_grad_enabled() and (
             t.requires_grad or any(p.requires_grad for p in parts) or any(p.requires_grad for p in params))
-        if needs_grad:
-            require_adjoint(self.method)
         return SolveSpec(layout, ParamLayout.of(params), params, taus, sign, layout.dtype, needs_grad, event)
 
     def _spec_here(self, y0: State, t: torch.Tensor, event_fn: Callable | None) -> tuple[SolveSpec, bool]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from .errors import BackwardError
+from .errors import AdjointNotAvailableError, BackwardError
 
 
 class OdeintFunction(torch.autograd.Function):
@@ -40,3 +40,17 @@ class OdeintFunction(torch.autograd.Function):
         grad_outputs = grad_outputs.to(torch.float64).contiguous()
         gradients = ctx.driver.backward(ctx.record, grad_outputs, outputs if ctx.t_needs_grad else None)
         return (None, None, None, gradients.t, gradients.y0, *gradients.params)
+
+
+class NoAdjoint(torch.autograd.Function):
+    """The outputs of a forward-only method (no discrete adjoint in PETSc, or scipy) when gradients were
+    asked for: the forward pass runs, and ``backward()`` says why no gradient exists."""
+
+    @staticmethod
+    def forward(ctx, message, outputs, *inputs):
+        ctx.message = message
+        return outputs.clone()
+
+    @staticmethod
+    def backward(ctx, grad_outputs):
+        raise AdjointNotAvailableError(ctx.message)

@@ -72,7 +72,8 @@ class ImplicitProblem:
         self.implicit_field = field.part(field.func.f_implicit) if split else field
         self.explicit = (RHSProblem(field.part(field.func.f_explicit), n_local, params, group, errors)
                          if split else None)
-        self.strategy = make_strategy(options.jacobian, self.implicit_field, n_local, group, errors)
+        self.strategy = make_strategy(options.jacobian, self.implicit_field, n_local, group, errors,
+                                      ts_type=method.ts_type)
         self.J = self.strategy.matrix
         self._point_p: tuple[float, torch.Tensor] | None = None
         self._residual = self.J.createVecRight()

@@ -10,10 +10,14 @@ Newton solves with in the forward pass and, transposed, in the adjoint.
   LU of the blocks (``torch.linalg.lu_factor``), so with the default ``preonly`` Krylov method every linear
   solve is exact and Newton needs the iterations one sample needs, whatever the batch size.
 * ``dense``: one block, the whole Jacobian (reverse-mode rows), exact LU: small states.
+* ``aij`` / ``aij_batched``: the same rows (the whole rank-local Jacobian, or per-sample blocks)
+  assembled in a PETSc AIJ matrix, GMRES with point-block Jacobi; PETSc's TSIRK (Gauss-Legendre, Radau
+  IIA) builds its stage matrix over an assembled Jacobian and gets ``aij`` by default.
 
-Every strategy gives PETSc a Python shell (``mult``, ``multTranspose``, ``scale``, ``duplicate``: the
-methods the theta, ARKIMEX and DIRK forward and adjoint call) and sets its KSP/PC before PETSc reads the
-options database, so ``-ksp_type``, ``-pc_type``, ``-ksp_rtol``, ``-snes_*`` still override them.
+The shell strategies give PETSc a Python shell (``mult``, ``multTranspose``, ``scale``, ``duplicate``:
+the methods the theta, ARKIMEX and DIRK forward and adjoint call).  Every strategy sets its KSP/PC before
+PETSc reads the options database, so ``-ksp_type``, ``-pc_type``, ``-ksp_rtol``, ``-snes_*`` still
+override them.
 """
 
 from __future__ import annotations
@@ -64,10 +68,15 @@ class JacobianStrategy:
         self.factor = 1.0
         self.tau = 0.0
         self.x = torch.zeros(n, dtype=torch.float64)
+        self.matrix = self._create_matrix(n, group)
+
+    def _create_matrix(self, n: int, group: RankGroup) -> PETSc.Mat:
+        """The Mat PETSc solves with: a Python shell whose context is this strategy."""
         # n rows on this rank; PETSc sums the ranks' rows into the global size (a distributed state)
         size = (n, PETSc.DECIDE)
-        self.matrix = PETSc.Mat().createPython((size, size), self, comm=group.comm)
-        self.matrix.setUp()
+        matrix = PETSc.Mat().createPython((size, size), self, comm=group.comm)
+        matrix.setUp()
+        return matrix
 
     @classmethod
     def build(cls, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors) -> JacobianStrategy:
@@ -227,15 +236,104 @@ class Dense(BlockDiagonal):
         return cls(field, n, group, errors, n_blocks=1)
 
 
+class Assembled(JacobianStrategy):
+    """``A`` assembled in a PETSc AIJ matrix: the rank's whole Jacobian as dense rows.
+
+    PETSc's TSIRK (Gauss-Legendre, Radau IIA) needs it: it builds its stage matrix as a MATKAIJ over the
+    assembled IJacobian, which no Python shell can stand in for.  Rows come from
+    :meth:`~pnode._field.VectorField.jacobian_blocks` (one batched reverse pass per row of a block);
+    they are written through one CSR call whose pattern is fixed at construction.  Under MPI each rank
+    assembles its own rows, its diagonal block: ranks hold independent shards of the batch.  The
+    default solver is GMRES preconditioned with point-block Jacobi (on TSIRK's KAIJ matrix: the exact
+    inverse of each unknown's ``s x s`` stage block)."""
+
+    name = "aij"
+    option_defaults = {"ksp_type": "gmres", "pc_type": "pbjacobi", "ksp_rtol": "1e-10"}
+
+    def __init__(self, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors, n_blocks: int):
+        self.n_blocks = n_blocks
+        self.d = n // n_blocks
+        super().__init__(field, n, group, errors)
+        self._eye = torch.eye(self.d, dtype=torch.float64)
+
+    @classmethod
+    def build(cls, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors) -> Assembled:
+        return cls(field, n, group, errors, n_blocks=1)
+
+    def _create_matrix(self, n: int, group: RankGroup) -> PETSc.Mat:
+        matrix = PETSc.Mat().createAIJ(((n, PETSc.DECIDE), (n, PETSc.DECIDE)), nnz=(self.d, 0), comm=group.comm)
+        matrix.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+        matrix.setUp()
+        start = matrix.getOwnershipRange()[0]
+        # the CSR pattern of n_blocks diagonal blocks of size d (global column numbers)
+        local_columns = np.arange(self.d, dtype=PETSc.IntType)
+        self._row_starts = np.arange(0, n * self.d + 1, self.d, dtype=PETSc.IntType)
+        self._columns = (start + (np.arange(n, dtype=PETSc.IntType) // self.d * self.d)[:, None]
+                         + local_columns[None, :]).reshape(-1)
+        return matrix
+
+    def update(self, tau: float, x: np.ndarray, shift: float) -> None:
+        super().update(tau, x, shift)
+        blocks = shift * self._eye - self.field.jacobian_blocks(tau, self.x, self.n_blocks)
+        # row b*d + i of the matrix is row i of block b: the blocks, row-major, are the CSR values
+        self.matrix.setValuesCSR(self._row_starts, self._columns, blocks.reshape(-1).numpy())
+        self.matrix.assemble()
+
+
+class AssembledBlocks(Assembled):
+    """AIJ with block-diagonal sparsity: the leading dimension of ``y0`` is a batch of independent
+    samples, so only the per-sample ``d x d`` blocks are stored (``d`` rows per reverse pass set)."""
+
+    name = "aij_batched"
+
+    @classmethod
+    def build(cls, field: VectorField, n: int, group: RankGroup, errors: CallbackErrors) -> AssembledBlocks:
+        layout = field.layout
+        if layout.is_tuple or len(layout.shapes[0]) < 2:
+            raise InvalidArgumentError(
+                "options['jacobian']='aij_batched' means the leading dimension of y0 is a batch of independent "
+                f"samples, so y0 must be one tensor of shape (batch, ...); got shapes {list(layout.shapes)}. "
+                "Use 'aij' for other states")
+        return cls(field, n, group, errors, n_blocks=layout.shapes[0][0])
+
+
 # options['jacobian'] -> strategy class (each builds itself from the field and the state size)
-STRATEGIES: dict[str, type[JacobianStrategy]] = {cls.name: cls for cls in (MatrixFree, BlockDiagonal, Dense)}
+STRATEGIES: dict[str, type[JacobianStrategy]] = {
+    cls.name: cls for cls in (MatrixFree, BlockDiagonal, Dense, Assembled, AssembledBlocks)}
 JACOBIAN_STRATEGIES = tuple(STRATEGIES)
+# TS types that need an assembled Jacobian: TSIRK's MATKAIJ stage matrix wraps the AIJ IJacobian
+ASSEMBLED_ONLY = frozenset({"irk"})
 
 
 def make_strategy(name: str | None, field: VectorField, n: int, group: RankGroup,
-                  errors: CallbackErrors) -> JacobianStrategy:
-    """Build the strategy ``options['jacobian']`` names; ``None`` picks ``dense`` up to
-    :data:`DENSE_LIMIT` unknowns and ``matrix_free`` above."""
-    if name is None:
+                  errors: CallbackErrors, ts_type: str | None = None) -> JacobianStrategy:
+    """Build the strategy ``options['jacobian']`` names.
+
+    ``None`` picks ``aij`` for TS types that need an assembled matrix (``irk``), otherwise ``dense`` up to
+    :data:`DENSE_LIMIT` unknowns and ``matrix_free`` above.
+
+    Raises
+    ------
+    InvalidArgumentError
+        A shell strategy was asked for with a TS type that needs an assembled matrix, or the state does
+        not suit the strategy (see each strategy's ``build``).
+    """
+    if ts_type in ASSEMBLED_ONLY:
+        if name is None:
+            name = "aij"
+        elif not issubclass(STRATEGIES[name], Assembled):
+            raise InvalidArgumentError(
+                f"options['jacobian']={name!r} cannot serve PETSc TS type {ts_type!r}: it builds its stage "
+                "matrix over an assembled AIJ Jacobian, so it needs options['jacobian']='aij' (dense rows), or "
+                "'aij_batched' when the leading dimension of y0 is a batch of independent samples; or leave "
+                "options['jacobian'] unset")
+        if group.distributed:
+            # measured: PETSc 3.26's TSIRK (its own 'gauss' type too) crashes with SEGV in its first step
+            # on 2 ranks, before calling any callback, with an MPIAIJ Jacobian and every PC tried
+            raise InvalidArgumentError(
+                f"PETSc TS type {ts_type!r} (Gauss-Legendre, Radau IIA) does not run on more than one rank in "
+                "PETSc 3.26 (TSIRK crashes in its first parallel step); solve without comm=, or use a method of "
+                "another family (trbdf2, sdirk2, arkimex4, dirkes324sal)")
+    elif name is None:
         name = "dense" if n <= DENSE_LIMIT else "matrix_free"
     return STRATEGIES[name].build(field, n, group, errors)   # the name was checked by SolveOptions.parse

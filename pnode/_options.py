@@ -21,8 +21,9 @@ _DOC = {
     "checkpoints": "bound the adjoint's memory: K (states in RAM), {'ram': K, 'disk': M}, or a factory "
                    "n_steps -> checkpoint_schedules schedule (default: keep every step in memory)",
     "jacobian": "implicit methods: 'matrix_free' (JVP/VJP shells, GMRES), 'batched' (leading dim of y0 = "
-                "independent samples: per-sample blocks, exact batched LU) or 'dense'; default: dense up to "
-                "64 unknowns, matrix_free above",
+                "independent samples: per-sample blocks, exact batched LU), 'dense', or assembled in a PETSc AIJ "
+                "matrix: 'aij' (dense rows) / 'aij_batched' (per-sample blocks); default: dense up to 64 "
+                "unknowns, matrix_free above; 'aij' for gl4, gl6, radauIIA3, radauIIA5 (which need aij*)",
     "theta": "theta of method='theta' (default 0.5)",
     "keep_graph": "explicit methods: keep every stage's autograd graph from the forward pass for the adjoint "
                   "(no re-evaluation: about the speed and the memory of backpropagation through the solver; "
@@ -41,6 +42,8 @@ _DOC = {
                         "(output times are inserted as steps)",
     "perturb": "evaluate func just inside each step at the step's two ends (nextafter), for a func that is "
                "discontinuous at the step times (torchdiffeq's perturb)",
+    "solver": "method='scipy_solver' only: scipy.integrate.solve_ivp's method ('RK45' default, 'RK23', 'DOP853', "
+              "'Radau', 'BDF', 'LSODA'); forward only",
     "interp": "torchdiffeq's interpolation of fixed-grid outputs ('linear' or 'cubic'): accepted, and not "
               "needed: pnode's steps land on every output time, so outputs are scheme values",
 }
@@ -63,6 +66,9 @@ class SolveOptions:
     grid_constructor: object = None
     perturb: bool = False
     keep_graph: bool = False
+    solver: str | None = None            # scipy_solver's scipy method
+    min_step: float | None = None
+    max_step: float | None = None
 
     def landmarks(self, sign: float) -> tuple[tuple[float, ...], frozenset]:
         """step_t and jump_t in integration time (sorted), and the jump times among them."""
@@ -119,7 +125,10 @@ class SolveOptions:
         return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
                    jacobian, theta, adapt=_adapt_options(options), step_t=_times(options, "step_t"),
                    jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")),
-                   keep_graph=bool(options.get("keep_graph")))
+                   keep_graph=bool(options.get("keep_graph")), solver=options.get("solver"),
+                   min_step=_positive(options, "min_step") if options.get("min_step") else None,
+                   max_step=(None if options.get("max_step") in (None, float("inf"))
+                             else _positive(options, "max_step")))
 
 
 def _adapt_options(options: Mapping) -> dict[str, str]:

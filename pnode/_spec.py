@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,6 +49,10 @@ class SolveSpec:
 
     def __post_init__(self):
         self.taus.flags.writeable = False
+
+    def without_gradient(self) -> SolveSpec:
+        """The same solve, preparing no backward pass (forward-only methods)."""
+        return replace(self, needs_grad=False)
 
     @property
     def shape_key(self) -> tuple:

@@ -9,14 +9,14 @@ One table, no ``if`` ladders: a method is a row, looked up by name.  torchdiffeq
 PETSc tableau that implements the same scheme; where PETSc ships no such tableau, pnode registers the
 published one with PETSc (:mod:`pnode._tableaux`: Tsitouras 5(4), Dormand-Prince 8(7), Fehlberg 1(2),
 Heun 3, the 3/8 rule, SDIRK2, TR-BDF2, implicit midpoint, Gauss-Legendre, Radau IIA), so PETSc runs it
-natively with its controller and adjoint.  Every PETSc Runge-Kutta tableau is also available as
-``"rk" + <PETSc TSRKType>`` (``rk1fe``, ``rk2a``, ..., ``rk8vr``), so ``-ts_rk_type 5bs`` on the command
+natively with its controller and, except for the fully implicit TSIRK family (Gauss-Legendre, Radau
+IIA: forward only, on an assembled Jacobian), its adjoint.  Every PETSc Runge-Kutta tableau is also
+available as ``"rk" + <PETSc TSRKType>`` (``rk1fe``, ``rk2a``, ..., ``rk8vr``), so ``-ts_rk_type 5bs`` on the command
 line and ``method="rk5bs"`` in Python name the same scheme; the one exception is PETSc's classic RK4
 (``-ts_rk_type 4``), which is ``rk4classic`` because ``rk4`` is torchdiffeq's 3/8-rule variant.
 
-torchdiffeq names pnode does not run (its Adams methods, ``scipy_solver``; Gauss-Legendre and Radau IIA
-until pnode has an assembled-AIJ Jacobian) are refused with the reason and the closest alternatives,
-never replaced by another scheme.
+torchdiffeq names pnode does not run (its Adams methods, ``scipy_solver``) are refused with the reason
+and the closest alternatives, never replaced by another scheme.
 """
 
 from __future__ import annotations
@@ -139,8 +139,9 @@ _TORCHDIFFEQ_IMPLICIT = [
     _implicit("trbdf2", "dirk", "trbdf2", 2, False,
               "TR-BDF2 as a three-stage ESDIRK, L-stable, fixed steps (registered DIRK tableau)"),
 ]
-# fully implicit collocation methods: PETSc's TSIRK runs them (pnode registers the tableaux), forward only:
-# TSIRK has no discrete adjoint in PETSc 3.26
+# fully implicit collocation methods: PETSc's TSIRK runs them (pnode registers the tableaux) on an assembled
+# AIJ Jacobian (options['jacobian'] 'aij', the default for them), on the output grid or ``step_size`` as
+# torchdiffeq's fixed-grid solvers do; forward only: TSIRK has no discrete adjoint in PETSc 3.26
 _IRK = [
     _implicit("gl4", "irk", "gl4", 4, False, "Gauss-Legendre, 2 stages, fixed steps (TSIRK); forward only, no "
               "adjoint", adjoint=False),
@@ -167,12 +168,13 @@ TABLEAU_ACCESS = {
     "irk": (None, None),
 }
 
-_NO_ADJOINT_HINT = "gauss2 (implicit_midpoint), sdirk2, trbdf2, arkimex4, dirkes324sal"
-_IRK_MISSING = (
-    "PETSc runs it as TSIRK (pnode registers the tableau: -ts_irk_type {tableau}), but TSIRK builds its stage "
-    "matrix as a MATKAIJ over an assembled AIJ Jacobian, and pnode's Jacobians are matrix-free shells, so "
-    "pnode cannot run it yet; TSIRK also has no discrete adjoint in PETSc 3.26.  Implicit methods with an "
-    "adjoint: " + _NO_ADJOINT_HINT)
+# stiff methods to suggest when a gradient is asked of a forward-only family
+_WITH_ADJOINT_HINT = "gauss2 (implicit_midpoint), sdirk2, trbdf2, arkimex4, dirkes324sal"
+NO_ADJOINT_REASON = {
+    "irk": "PETSc 3.26 has no discrete adjoint for TSIRK, the fully implicit Runge-Kutta family",
+    "bdf": "PETSc 3.26 has no discrete adjoint for TS type bdf",
+    "rosw": "PETSc 3.26 has no discrete adjoint for TS type rosw",
+}
 
 # torchdiffeq names pnode refuses, with the reason: running another scheme under these names would be wrong
 REFUSED: dict[str, str] = {
@@ -189,23 +191,18 @@ REFUSED: dict[str, str] = {
         "torchdiffeq's fixed_adams is its implicit_adams (Adams-Bashforth-Moulton, fixed grid); PETSc 3.26 "
         "has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: rk4 or "
         "dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
-    "scipy_solver": (
-        "torchdiffeq's scipy_solver calls scipy.integrate.solve_ivp without gradients; pnode integrates with "
-        "PETSc only.  The same schemes with PETSc's adjoint: scipy's 'RK45' is method='dopri5', 'RK23' is "
-        "method='bosh3'; 'DOP853' (Hairer's 8(5,3)), 'Radau' (adaptive Radau IIA), 'BDF' (variable-order NDF) "
-        "and 'LSODA' have no PETSc scheme with the same tableau (nearest: rk8vr or dopri8, arkimex5, bdf)"),
 }
-REFUSED.update({row.name: f"{row.name} ({row.description.split(',')[0]}): " + _IRK_MISSING.format(tableau=row.tableau)
-                for row in _IRK})
-
-# scipy.integrate.solve_ivp's method names with a PETSc scheme of the same tableau (for options['solver'])
-SCIPY_EQUIVALENTS = {"RK45": "dopri5", "RK23": "bosh3"}
 
 METHODS: dict[str, Method] = {m.name: m for m in _PETSC_RK}
 METHODS.update({m.name: m for m in _TORCHDIFFEQ})
 METHODS.update({m.name: m for m in _PETSC_IMPLICIT})
 METHODS.update({m.name: m for m in _TORCHDIFFEQ_IMPLICIT})
+METHODS.update({m.name: m for m in _IRK})
 METHODS.update({m.name: m for m in _ALIASES})
+# torchdiffeq's wrapper of scipy.integrate.solve_ivp: outside PETSc, forward only (options['solver'])
+METHODS["scipy_solver"] = Method("scipy_solver", "scipy", None, 5, True, adjoint=False, form="scipy",
+                                 description="scipy.integrate.solve_ivp (options['solver'], default RK45); "
+                                             "forward only, no adjoint")
 
 # names are case-insensitive (torchdiffeq's radauIIA3 has capitals)
 _METHODS_LOWER = {k.lower(): m for k, m in METHODS.items()}
@@ -264,7 +261,7 @@ def get_method(name: str) -> Method:
 def by_petsc_type(ts_type: str, tableau: str | None, form: str = "rhs") -> Method | None:
     """The row PETSc is actually running (after command-line options), preferring PETSc's own naming;
     only rows of the given callback ``form`` qualify (a TS needs the callbacks it was built with)."""
-    for m in _PETSC_RK + _PETSC_IMPLICIT + _TORCHDIFFEQ + _TORCHDIFFEQ_IMPLICIT:
+    for m in _PETSC_RK + _PETSC_IMPLICIT + _TORCHDIFFEQ + _TORCHDIFFEQ_IMPLICIT + _IRK:
         if m.ts_type == ts_type and m.tableau == tableau and m.form == form:
             return m
     return None
@@ -298,7 +295,15 @@ def running_tableau(ts) -> str | None:
 
 
 def require_adjoint(method: Method) -> None:
+    """Raise :class:`AdjointNotAvailableError` when a gradient is asked of a forward-only method."""
     if not method.adjoint:
-        raise AdjointNotAvailableError(
-            f"PETSc has no discrete adjoint for method {method.name!r} (TS type {method.ts_type}); "
-            "gradients need one of: " + ", ".join(n for n, m in sorted(METHODS.items()) if m.adjoint))
+        raise AdjointNotAvailableError(no_adjoint_message(method))
+
+
+def no_adjoint_message(method: Method) -> str:
+    """Why ``method`` gives no gradient, and the methods that do (the stiff ones first for implicit ones)."""
+    where = "scipy integrates outside PETSc" if method.ts_type == "scipy" else NO_ADJOINT_REASON.get(
+        method.ts_type, f"PETSc has no discrete adjoint for TS type {method.ts_type}")
+    stiff = f" (stiff problems: {_WITH_ADJOINT_HINT})" if method.implicit else ""
+    return (f"method {method.name!r} runs forward only ({where}); gradients need one of{stiff}: "
+            + ", ".join(n for n, m in sorted(METHODS.items()) if m.adjoint))

@@ -213,3 +213,30 @@ def test_step_callbacks_see_every_attempt_and_every_adjoint_step(method):
         assert steps == 10 and [round(t, 12) for t, _ in calls["step"]] == [round(0.1 * i, 12) for i in range(10)]
     assert len(calls["step_adjoint"]) == steps
     assert calls["step_adjoint"] == sorted(calls["step_adjoint"], reverse=True)      # backward in time
+
+
+@pytest.mark.parametrize("solver", ["RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"])
+def test_scipy_solver_runs_scipy_forward_and_refuses_backward(solver):
+    """torchdiffeq's scipy_solver: scipy.integrate.solve_ivp with options['solver'], forward only;
+    checked against the matrix exponential of a rotation with damping."""
+    A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64)
+    ys = pnode.odeint(lambda t, y: A @ y, y0, t, method="scipy_solver", options={"solver": solver},
+                      rtol=1e-8, atol=1e-10)
+    exact = torch.stack([torch.linalg.matrix_exp(A * s) @ y0.detach() for s in t])
+    assert torch.allclose(ys.detach(), exact, rtol=0, atol=1e-5)
+    with pytest.raises(pnode.AdjointNotAvailableError, match="scipy"):
+        ys.sum().backward()
+    reverse = pnode.odeint(lambda t, y: A @ y, y0.detach(), t.flip(0), method="scipy_solver",
+                           options={"solver": solver}, rtol=1e-8, atol=1e-10)
+    back = torch.stack([torch.linalg.matrix_exp(A * (s - 2)) @ y0.detach() for s in t.flip(0)])
+    assert torch.allclose(reverse, back, rtol=0, atol=1e-5)
+
+
+def test_scipy_solver_arguments():
+    with pytest.raises(pnode.InvalidArgumentError, match="options\\['solver'\\]"):
+        pnode.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method="scipy_solver",
+                     options={"solver": "Euler"})
+    with pytest.raises(pnode.InvalidArgumentError, match="scipy_solver"):
+        pnode.ODESolver(lambda t, y: -y, method="dopri5", options={"solver": "RK45"})
