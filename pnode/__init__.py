@@ -1,5 +1,6 @@
 """pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
 
+from . import nn as nn  # the public module pnode.nn (ODEBlock, CNF)
 from ._api import ODESolver, last_stats, odeint, odeint_adjoint, odeint_event
 from ._implicit import IMEXField
 from .errors import (
