@@ -28,5 +28,5 @@ __all__ = [
     "available_methods", "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError",
     "ShapeMismatchError", "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError",
     "MaxStepsError", "StepSizeUnderflowError", "BackwardError", "RemoteRankError",
-    "embedded_error_estimate", "local_error_regularizer",
+    "embedded_error_estimate", "local_error_regularizer", "nn",
 ]
