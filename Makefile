@@ -60,6 +60,7 @@ bench: setup
 	$(PY) benchmarks/explicit.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/stiff.py --threads 1
+	$(PY) benchmarks/workloads.py --threads 1
 
 clean:
 	rm -rf $(OUT) .pytest_cache .ruff_cache benchmarks/results docs/_build

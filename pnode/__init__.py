@@ -1,5 +1,6 @@
 """pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
 
+from . import nn as nn  # the public module pnode.nn (ODEBlock, CNF)
 from ._api import ODESolver, last_stats, odeint, odeint_adjoint, odeint_event
 from ._implicit import IMEXField
 from .errors import (
@@ -27,5 +28,5 @@ __all__ = [
     "available_methods", "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError",
     "ShapeMismatchError", "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError",
     "MaxStepsError", "StepSizeUnderflowError", "BackwardError", "RemoteRankError",
-    "embedded_error_estimate", "local_error_regularizer",
+    "embedded_error_estimate", "local_error_regularizer", "nn",
 ]
