@@ -188,8 +188,8 @@ def test_mpi_block_runs(block, tmp_path):
 # ---------------------------------------------------------------------------- the API reference
 API_PAGES = os.path.join(DOCS, "api")
 # autodoc directives sit in {eval-rst} blocks: their generated reST must not be parsed as Markdown
-DIRECTIVE = re.compile(r"^\s*\.\. (?:auto(?:function|class|exception|data|method|attribute|module)|py:data)::\s+(\S+)",
-                       re.M)
+DIRECTIVE = re.compile(r"^\s*\.\. (?:auto(?:function|class|exception|data|method|attribute|module)"
+                       r"|py:data|py:class)::\s+(\S+)", re.M)
 
 
 def _documented_objects() -> dict[str, object]:
