@@ -337,7 +337,8 @@ class Driver:
             first = self.options.step_size       # fixed steps of an event solve
         if first is not None:
             return min(first, float(taus[1] - taus[0]))
-        return first_step(self.evaluate, self._rms, y0, taus, self.running.order, self.rtol, self.atol)
+        return first_step(self.evaluate, self._rms, y0, taus, self.running.order, self.rtol, self.atol,
+                          self.field.sign)
 
     def _rms(self, *xs: torch.Tensor) -> list[float]:
         return rms_all(lambda v: self.group.global_sum(v, self.errors, "the first-step estimate"), *xs)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ._timegrid import same_time_tolerance
+from .errors import NonFiniteError
 
 LAND_STRETCH = 1.01    # a step within 1% of an output time is stretched to land on it
 
@@ -78,7 +79,7 @@ def plan_output_steps(plan: np.ndarray, taus: np.ndarray) -> list[int]:
 
 def first_step(evaluate: Callable[[float, torch.Tensor], torch.Tensor],
                rms: Callable[..., list[float]], y0: torch.Tensor, taus: np.ndarray, order: int,
-               rtol: float, atol: float) -> float:
+               rtol: float, atol: float, sign: float = 1.0) -> float:
     """Initial step of an adaptive solve: Hairer & Wanner's heuristic (II.4), as torchdiffeq and SciPy
     use, capped by the first output interval.  ``evaluate(tau, y)`` is the vector field (rank-local) and
     ``rms(*xs)`` the root-mean-square of each (distributed) tensor in one reduction."""
@@ -86,6 +87,11 @@ def first_step(evaluate: Callable[[float, torch.Tensor], torch.Tensor],
     scale = atol + rtol * y0.abs()
     f0 = evaluate(float(taus[0]), y0)
     d0, d1 = rms(y0 / scale, f0 / scale)
+    if not (math.isfinite(d0) and math.isfinite(d1)):     # global sums: every rank raises alike
+        t0 = sign * float(taus[0])
+        raise NonFiniteError(
+            f"the {'initial state' if not math.isfinite(d0) else 'vector field at the initial state'} is NaN or "
+            "Inf; check y0 and the model (e.g. for overflow)", reason="NONFINITE", time=t0)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     h0 = min(h0, span)
     f1 = evaluate(float(taus[0]) + h0, y0 + h0 * f0)

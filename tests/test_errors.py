@@ -214,3 +214,9 @@ def test_meta_tensors_are_refused_with_the_argument_named():
         pnode.odeint(lambda t, y: -y, torch.ones(2), torch.linspace(0, 1, 3, device="meta"), adjoint_params=())
     with pytest.raises(InvalidArgumentError, match="y0 is on the 'meta' device"):
         pnode.odeint(lambda t, y: -y, torch.ones(2, device="meta"), torch.linspace(0, 1, 3), adjoint_params=())
+
+
+def test_non_finite_vector_field_at_the_start_of_an_adaptive_solve():
+    with pytest.raises(pnode.NonFiniteError, match="initial state"):
+        with torch.no_grad():
+            pnode.odeint(lambda t, y: y * float("inf"), torch.ones(2), torch.tensor([0.0, 1.0]))
