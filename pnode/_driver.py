@@ -24,14 +24,14 @@ from ._bridge import PETSC_DTYPE, vec_as_tensor
 from ._checkpointing import ScheduleRunner
 from ._failures import CallbackErrors, nonfinite_error, petsc_error, stopped_error
 from ._field import StageGraphs, VectorField
+from ._hooks import StepHooks
 from ._implicit import ImplicitProblem
 from ._options import SolveOptions
 from ._petsc import PETSc
 from ._protocols import Problem
 from ._rhs import RHSProblem
 from ._spec import SolveSpec
-from ._stepping import Pass, StepCallbacks, first_step, plan_output_steps, rms_all
-from ._timegrid import constructed_grid, fixed_step_times, same_time_tolerance
+from ._stepping import Pass, first_step, fixed_grid, plan_output_steps, rms_all
 from ._ts import TimeStepper
 from .distributed import RankGroup
 from .errors import BackwardError, InvalidArgumentError, NonFiniteError, RemoteRankError
@@ -106,7 +106,9 @@ class Driver:
             self.field.graphs = StageGraphs()
         self.n_local = spec.layout.size
         self.problem = _make_problem(self.field, method, self.n_local, spec, group, self.errors, options)
-        events = None if spec.event is None else (spec.event.count, self._event_indicator, self._post_event)
+        self.hooks = StepHooks(self)
+        events = None if spec.event is None else (spec.event.count, self.hooks.event_indicator,
+                                                  self.hooks.post_event)
         try:
             self.stepper = TimeStepper(method, self.problem, options, rtol, atol, group.comm, self._pre_step,
                                        self._post_step, events)
@@ -115,15 +117,13 @@ class Driver:
             raise
         self.sol = self.problem.J.createVecRight()
         self._pass: Pass | None = None
-        self._in_adjoint = False
+        self.in_adjoint = False
         self._sweep: _adjoint.Sweep | None = None
         self._token = 0
         self._trajectory_token: int | None = None   # which forward the stored trajectory belongs to
         self.last_step_times = np.zeros(0)
         self.leases = 0
-        self._stepping = False        # inside a TS solve or adjoint (perturb/jump_t nudges apply)
-        self._callbacks: StepCallbacks | None = None
-        self._jumps: frozenset = frozenset()
+        self.stepping = False         # inside a TS solve or adjoint (the hooks' observer acts only then)
 
     @property
     def ts(self) -> PETSc.TS:
@@ -133,6 +133,10 @@ class Driver:
     def running(self) -> Method:
         return self.stepper.running
 
+    @property
+    def current_pass(self) -> Pass | None:
+        return self._pass
+
     def close(self) -> None:
         """Free every PETSc object of this driver now; it cannot be used afterwards."""
         if self.sol is None:
@@ -141,14 +145,13 @@ class Driver:
         self.problem.destroy()
         self.sol.destroy()
         self.sol = None
-        self._pass = self._sweep = None
+        self._pass = self._sweep = self.hooks = None
 
     # ------------------------------------------------------------------ step callbacks
     def _pre_step(self, ts) -> None:
-        if self._in_adjoint:        # PETSc re-stepping inside TSAdjoint (solution-only trajectories)
+        if self.in_adjoint:        # PETSc re-stepping inside TSAdjoint (solution-only trajectories)
             return
-        if self._callbacks is not None and self._pass.capturing:
-            self._step_start = self.field.layout.unflatten(vec_as_tensor(self.sol).clone())
+        self.hooks.before_step(self._pass)
         try:
             dt = self._pass.next_step(ts.getStepNumber(), ts.getTime(), ts.getTimeStep())
             if dt is not None:
@@ -158,7 +161,7 @@ class Driver:
             raise
 
     def _post_step(self, ts) -> None:
-        if self._in_adjoint:
+        if self.in_adjoint:
             return
         try:
             self._after_step(ts)
@@ -166,69 +169,9 @@ class Driver:
             self.errors.record(error)
             raise
 
-    def _event_indicator(self, ts, t, U, values) -> None:
-        """TSEvent's indicator: the event functions at (t, U) while a forward pass captures, a constant
-        otherwise (replays and adjoint re-steps follow recorded steps and must not stop early)."""
-        run = self._pass
-        if run is None or not run.capturing or run.event is None:
-            values[:] = 1.0
-            return
-        try:
-            layout = self.field.layout
-            time_ = torch.scalar_tensor(self.field.sign * t, dtype=layout.dtype)
-            with torch.no_grad():
-                found = run.event.values(time_, layout.pack(layout.views(U.getArray(readonly=True))))
-            values[:] = found.detach().to("cpu", torch.float64).numpy()
-        except BaseException as error:  # noqa: BLE001
-            self.errors.record(error)
-            raise
-
-    def _post_event(self, ts, events, t, U, forward) -> None:
-        if forward and self._pass is not None and self._pass.capturing and self._pass.event_index is None:
-            self._pass.event_index = int(events[0])
-
-    def _grid(self, spec: SolveSpec, y0: torch.Tensor, taus: np.ndarray, step: float | None) -> np.ndarray:
-        """Step boundaries of a fixed-grid solve: ``options['grid_constructor']``'s, or steps of ``step``
-        (one per output interval without one), output times inserted."""
-        if self.options.grid_constructor is None:
-            return fixed_step_times(taus, step)
-        t_user = torch.from_numpy(taus * spec.sign).to(spec.time_dtype)
-        grid = self.options.grid_constructor(self.field.func, spec.layout.unflatten(y0), t_user)
-        return constructed_grid(grid, float(taus[0]), float(taus[-1]), taus, spec.sign)
-
-    def _observe(self, tau: float) -> float:
-        """Called at every evaluation of the vector field while a TS call runs (installed only when
-        needed): tells the step callbacks which attempt it belongs to, and for ``perturb`` / ``jump_t``
-        moves a stage at either end of the current step just inside it (the forward pass and the adjoint
-        see the same times): returns +1 at the step's start, -1 at its end, 0 elsewhere."""
-        if not self._stepping:
-            return 0.0
-        now, dt = self.ts.getTime(), self.ts.getTimeStep()
-        graphs = self.field.graphs
-        if graphs is not None and not self._in_adjoint:
-            graphs.attempt = (now, dt)
-        if self._callbacks is not None:
-            if self._in_adjoint:
-                self._callbacks.saw_adjoint(now, dt, self.field.sign, self._adjoint_state)
-            elif self._pass is not None and self._pass.capturing:
-                self._callbacks.saw(now, dt)
-        if not self.options.perturb and not self._jumps:
-            return 0.0
-        start, end = (now + dt, now) if self._in_adjoint else (now, now + dt)
-        if tau != start and tau != end:
-            return 0.0
-        if not self.options.perturb and not any(abs(tau - j) <= same_time_tolerance(j) for j in self._jumps):
-            return 0.0
-        return 1.0 if tau == start else -1.0
-
     def _after_step(self, ts) -> None:
         run, tau = self._pass, ts.getTime()
-        if self.field.graphs is not None and self.field.graphs.recording:
-            self.field.graphs.accept(tau)
-        if self._callbacks is not None and run.capturing:
-            self._callbacks.step_done(self._step_start, self.field.sign, self.stepper.adaptive)
-        if self._jumps and any(abs(tau - j) <= same_time_tolerance(j) for j in self._jumps):
-            ts.restartStep()     # func jumps here: no first-same-as-last reuse of the stage before it
+        self.hooks.after_step(ts, run, tau)
         if run.capturing:
             run.step_times.append(tau)
         if run.capturing and run.event is not None:
@@ -283,18 +226,13 @@ class Driver:
         plan = None
         step = self.stepper.option_step or self.options.step_size
         if not self.stepper.adaptive and spec.event is None:
-            plan = self._grid(spec, y0, taus, step)
+            plan = fixed_grid(self.options.grid_constructor, self.field.func, spec, y0, taus, step)
         elif not self.stepper.adaptive and step is None:
             raise InvalidArgumentError(f"method {self.running.name!r} steps on a fixed grid: with event_fn give "
                                        "its step as options={'step_size': h}")
         checkpointed = keep and self.options.checkpoints is not None
         run = self._pass = Pass(taus, outputs, plan, spec.event)
-        landmarks, self._jumps = self.options.landmarks(spec.sign)
-        run.landmarks = tuple(m for m in landmarks if taus[0] < m < taus[-1]) if plan is None else ()
-        self._callbacks = StepCallbacks.of(self.field.func, self.stepper.adaptive)
-        needed = self.options.perturb or self._jumps or self._callbacks is not None or self.field.graphs is not None
-        self._record_graphs(keep and not checkpointed)
-        self.field.nudge = self._observe if needed else None
+        self.hooks.start_pass(spec, run, record_graphs=keep and not checkpointed)
         runner = None
         if len(taus) > 1 and checkpointed and plan is not None:
             # fixed steps: the schedule's forward part is this forward pass (it stores its checkpoints)
@@ -324,7 +262,7 @@ class Driver:
         record = ForwardRecord(self._token, spec, run.taus.copy(), np.asarray(run.step_times),
                                list(run.output_steps), y0.clone(), runner, run.event_index)
         self._pass = None
-        self._record_graphs(False)      # evaluations after the solve (dL/dt, ...) are not stages
+        self.hooks.record_graphs(False)      # evaluations after the solve (dL/dt, ...) are not stages
         self.last_step_times, self.last_taus, self.last_event_index = record.step_times, record.taus, run.event_index
         self.stats.forward_time = time.perf_counter() - start
         self.stats.communication_time = self.group.seconds    # since the call began (argument checks too)
@@ -360,7 +298,7 @@ class Driver:
             previous.plan = plan
         else:
             self._pass = Pass(None, None, plan)
-        self._record_graphs(keep_trajectory)
+        self.hooks.record_graphs(keep_trajectory)
         try:
             self.stepper.configure(keep_trajectory, replay=True)
             self.stepper.start(self.sol, state, float(plan[n0]), n0, float(plan[n0 + 1] - plan[n0]))
@@ -371,8 +309,7 @@ class Driver:
                 raise self._stopped(float(plan[n1]))
         finally:
             self._pass = previous
-            if self.field.graphs is not None:
-                self.field.graphs.recording = False
+            self.hooks.record_graphs(False)
         self._trajectory_token = self._token if keep_trajectory else None
         return self.sol.getArray(readonly=True).copy()
 
@@ -401,13 +338,13 @@ class Driver:
         exceptions (after which the TS is rebuilt: PETSc may have left it unusable).  Under MPI every
         rank takes part in one agreement afterwards, so a failure anywhere raises everywhere."""
         failure = None
-        self._stepping = True
+        self.stepping = True
         try:
             call(*args)
         except PETSc.Error as error:
             failure = error
         finally:
-            self._stepping = False
+            self.stepping = False
         original = self.errors.pop()
         if self.group.distributed:
             agreement = self.group.agree(original, None if failure is None else failure.ierr,
@@ -436,42 +373,28 @@ class Driver:
         """Run TSAdjoint ``n`` steps back from where the trajectory's adjoint stands.  ``agree=False``
         leaves error handling (and, under MPI, the agreement between ranks) to an enclosing :meth:`run`."""
         self.ts.adjointSetSteps(n)
-        self._in_adjoint = True
+        self.in_adjoint = True
         try:
             if agree:
                 self.run(self.ts.adjointSolve, what="the adjoint")
             else:
                 self.ts.adjointSolve()
         finally:
-            self._in_adjoint = False
+            self.in_adjoint = False
 
     def add_to_cost_gradient(self, values: np.ndarray) -> None:
         self._sweep.add_to_cost_gradient(values)
-
-    def _adjoint_state(self):
-        """dL/dy at the current adjoint step, in the user's layout (for callback_step_adjoint)."""
-        return self.field.layout.unflatten(vec_as_tensor(self._sweep.lam).clone())
 
     def holds_trajectory_of(self, record: ForwardRecord) -> bool:
         return self._trajectory_token is not None and self._trajectory_token == record.token
 
     def forget_trajectory(self) -> None:
         self._trajectory_token = None
-        self._record_graphs(None)
+        self.hooks.record_graphs(None)
 
-    def _record_graphs(self, record: bool | None) -> None:
-        """Start keeping the stage graphs of the coming steps (dropping older ones), stop (``False``:
-        keep what is kept), or drop them all (``None``)."""
-        graphs = self.field.graphs
-        if graphs is None:
-            return
-        if record is None:
-            graphs.clear()
-            graphs.recording = False
-            return
-        if record:
-            graphs.clear()
-        graphs.recording = record
+    def cost_gradient(self) -> PETSc.Vec:
+        """The adjoint state lambda of the running backward pass."""
+        return self._sweep.lam
 
     def backward(self, record: ForwardRecord, grad_outputs: torch.Tensor, outputs: torch.Tensor | None
                  ) -> _adjoint.Gradients:
@@ -482,8 +405,7 @@ class Driver:
                                 "with another state shape rebuilt it) before backward(); call backward() first")
         start = time.perf_counter()
         self.field.bind(record.spec)
-        if self._callbacks is not None:
-            self._callbacks.adjoint_step = None
+        self.hooks.start_adjoint()
         self._sweep = _adjoint.Sweep(self, record)
         try:
             gradients = self._sweep.run(grad_outputs, outputs)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._timegrid import same_time_tolerance
+from ._timegrid import constructed_grid, fixed_step_times, same_time_tolerance
 from .errors import NonFiniteError
 
 LAND_STRETCH = 1.01    # a step within 1% of an output time is stretched to land on it
@@ -70,6 +70,17 @@ class Pass:
     @property
     def finished(self) -> bool:
         return self.next_output >= len(self.taus)
+
+
+def fixed_grid(grid_constructor, func: Callable, spec, y0: torch.Tensor, taus: np.ndarray,
+               step: float | None) -> np.ndarray:
+    """Step boundaries of a fixed-grid solve: ``options['grid_constructor']``'s, or steps of ``step``
+    (one per output interval without one), output times inserted."""
+    if grid_constructor is None:
+        return fixed_step_times(taus, step)
+    t_user = torch.from_numpy(taus * spec.sign).to(spec.time_dtype)
+    grid = grid_constructor(func, spec.layout.unflatten(y0), t_user)
+    return constructed_grid(grid, float(taus[0]), float(taus[-1]), taus, spec.sign)
 
 
 def plan_output_steps(plan: np.ndarray, taus: np.ndarray) -> list[int]:
