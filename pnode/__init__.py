@@ -1,7 +1,7 @@
 """pnode: neural ODEs trained with PETSc time integrators and reverse-accurate discrete adjoints."""
 
 from . import nn as nn  # the public module pnode.nn (ODEBlock, CNF)
-from ._api import ODESolver, last_stats, odeint, odeint_adjoint, odeint_event
+from ._api import ODESolver, last_stats, odeint, odeint_adjoint, odeint_event, odeint_with_jumps
 from ._implicit import IMEXField
 from .errors import (
                      AdjointNotAvailableError,
@@ -24,9 +24,9 @@ from .stats import SolveStats
 __version__ = "0.1.0"
 
 __all__ = [
-    "odeint", "odeint_adjoint", "odeint_event", "ODESolver", "IMEXField", "SolveStats", "last_stats", "METHODS",
-    "available_methods", "method_table", "PnodeError", "InvalidArgumentError", "UnknownMethodError",
-    "ShapeMismatchError", "AdjointNotAvailableError", "PetscConfigurationError", "SolverError", "NonFiniteError",
-    "MaxStepsError", "StepSizeUnderflowError", "BackwardError", "RemoteRankError",
-    "embedded_error_estimate", "local_error_regularizer", "nn",
+    "odeint", "odeint_adjoint", "odeint_event", "odeint_with_jumps", "ODESolver", "IMEXField", "SolveStats",
+    "last_stats", "METHODS", "available_methods", "method_table", "PnodeError", "InvalidArgumentError",
+    "UnknownMethodError", "ShapeMismatchError", "AdjointNotAvailableError", "PetscConfigurationError",
+    "SolverError", "NonFiniteError", "MaxStepsError", "StepSizeUnderflowError", "BackwardError",
+    "RemoteRankError", "embedded_error_estimate", "local_error_regularizer", "nn",
 ]

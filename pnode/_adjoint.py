@@ -132,6 +132,6 @@ class Sweep:
         # f is signed by the time direction; the dot products are local shards of global sums
         dots = driver.group.global_sum(local, driver.errors, what="the time gradient") * spec.sign
         dots[0] = -dots[0]
-        if spec.event is not None:
+        if self.record.event_index is not None:
             dots[-1] = 0.0    # an event solve ignores t[1]: its end is the event time (see _events)
         return torch.from_numpy(dots)

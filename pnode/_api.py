@@ -25,7 +25,7 @@ from ._spec import SolveSpec
 from ._stepping import StepCallbacks
 from ._timegrid import check_times
 from .distributed import RankGroup
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, SolverError
 from .methods import DEFAULT_METHOD, Method, get_method, no_adjoint_message
 from .stats import SolveStats
 
@@ -116,11 +116,18 @@ class ODESolver:
         self._driver_key = None
         self._step_times = np.zeros(0)
         self._found_params: list[torch.Tensor] | None = None    # a plain func's tensors, from its graph
+        self._event_horizon = False
 
     # ------------------------------------------------------------------ public
     def __call__(self, y0: State, t: torch.Tensor, *, event_fn: Callable | None = None):
         """Solve from ``y0`` over ``t``; see :func:`odeint` (also for ``event_fn``)."""
+        return self._call(y0, t, event_fn, horizon=False)
+
+    def _call(self, y0: State, t: torch.Tensor, event_fn: Callable | None, horizon: bool):
+        """``horizon``: an event solve that stops at ``t[1]`` when no event comes first (then the event
+        time returned is ``None``)."""
         self.group.seconds = 0.0      # communication time of this call (stats.communication_time)
+        self._event_horizon = horizon
         args = (y0, t, event_fn)
         if self.method.ts_type == "scipy":
             return self._solve_with_scipy(y0, t, event_fn)
@@ -141,6 +148,8 @@ class ODESolver:
         self._step_times = driver.last_step_times * spec.sign
         if spec.event is None:
             return spec.layout.unflatten(outputs)
+        if driver.last_event_index is None:      # the horizon came first
+            return None, spec.layout.unflatten(outputs)
         event_t = torch.tensor(driver.last_taus[-1] * spec.sign, dtype=t.dtype)
         if torch.is_grad_enabled():
             event_t, y_event = EventGradient.apply(self.func, spec.event, driver.last_event_index, spec.layout,
@@ -201,7 +210,7 @@ class ODESolver:
                     f"at the event), got {len(taus)}; or use pnode.odeint_event(func, y0, t0, event_fn=...)")
             if self.group.distributed:
                 raise InvalidArgumentError("event_fn is not supported in distributed solves (comm=) yet")
-            event = EventSpec.of(event_fn, t[0], y0, layout)
+            event = EventSpec.of(event_fn, t[0], y0, layout, horizon=self._event_horizon)
         params = tuple(self._params(y0, t))
         parts = tuple(y0) if layout.is_tuple else (y0,)
         needs_grad = torch.is_grad_enabled() and (
@@ -336,6 +345,77 @@ def odeint(func: Callable, y0: State, t: torch.Tensor, *, rtol: float = 1e-7, at
 
 
 odeint_adjoint = odeint
+
+
+def odeint_with_jumps(func: Callable, y0: State, t: torch.Tensor, *, event_fn: Callable, jump: Callable,
+                      max_events: int = 1000, **kwargs) -> tuple[State, torch.Tensor]:
+    """Solve over ``t`` with non-terminal events: each time ``event_fn(t, y)`` crosses zero the state
+    jumps to ``jump(t_e, y_e)`` and the solve goes on (a bouncing ball, a dosing schedule).
+
+    Each stretch between events is a pnode event solve that stops at the next event or the next output
+    time, whichever comes first (one reused :class:`ODESolver`); the jumps are plain torch, so
+    gradients flow through every event time (implicit function theorem), every jump and every stretch's
+    discrete adjoint by ordinary autograd.
+
+    Parameters
+    ----------
+    func, y0, t :
+        As for :func:`odeint` (``t`` strictly monotone; output at every time of ``t``).
+    event_fn : callable
+        ``event_fn(t, y) -> Tensor``; an event is where one of its values crosses zero.  A crossing that
+        starts exactly at zero (e.g. right after a jump onto the surface) is not an event.
+    jump : callable
+        ``jump(t_e, y_e) -> y`` (same shapes as ``y0``), differentiable.
+    max_events : int
+        More events than this between ``t[0]`` and ``t[-1]`` raise :class:`SolverError` (Zeno behaviour).
+    **kwargs :
+        ``method``, ``rtol``, ``atol``, ``options``, ``adjoint_params`` as for :class:`ODESolver`.
+
+    Returns
+    -------
+    (State, torch.Tensor)
+        ``y`` at every time of ``t`` (shape ``(len(t), *y0.shape)``) and the event times, in order.
+
+    Examples
+    --------
+    >>> import torch, pnode
+    >>> ball = lambda t, y: torch.stack([y[1], torch.full_like(y[0], -9.81)])   # (height, velocity)
+    >>> t = torch.linspace(0, 3, 4, dtype=torch.float64)
+    >>> ys, bounces = pnode.odeint_with_jumps(ball, torch.tensor([5.0, 0.0], dtype=torch.float64), t,
+    ...     event_fn=lambda t, y: y[0], jump=lambda t, y: torch.stack([y[0], -0.8 * y[1]]), adjoint_params=())
+    >>> [round(b, 3) for b in bounces.tolist()]        # sqrt(2 h / g), then + 2 e sqrt(2 h / g)
+    [1.01, 2.625]
+    """
+    if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
+        raise InvalidArgumentError(f"max_events must be a positive int, got {max_events!r}")
+    if not callable(jump):
+        raise InvalidArgumentError(f"jump must be callable as jump(t_e, y_e) -> y, got {type(jump).__name__}")
+    check_times(t)
+    solver = ODESolver(func, **kwargs)
+    is_tuple = isinstance(y0, (tuple, list))
+
+    def last(ys):
+        return tuple(part[-1] for part in ys) if is_tuple else ys[-1]
+
+    outputs, events = [y0], []
+    now, state, i = t[0], y0, 1
+    try:
+        while i < len(t):
+            event_t, ys = solver._call(state, torch.stack([now, t[i]]), event_fn, horizon=True)
+            if event_t is None:                  # reached the output time first
+                now, state, i = t[i], last(ys), i + 1
+                outputs.append(state)
+                continue
+            events.append(event_t)
+            if len(events) > max_events:
+                raise SolverError(f"more than max_events={max_events} events before t={float(t[-1]):.6g} (the "
+                                  f"last at t={float(event_t):.6g}): the events accumulate; raise max_events or "
+                                  "check event_fn and jump", reason="MAX_EVENTS", time=float(event_t))
+            now, state = event_t.to(t.dtype), jump(event_t, last(ys))
+    finally:
+        solver._release()
+    ys = tuple(torch.stack([o[k] for o in outputs]) for k in range(len(y0))) if is_tuple else torch.stack(outputs)
+    return ys, torch.stack(events) if events else torch.zeros(0, dtype=t.dtype)
 
 
 def odeint_event(func: Callable, y0: State, t0: torch.Tensor, *, event_fn: Callable, reverse_time: bool = False,

@@ -178,6 +178,9 @@ class Driver:
             if ts.getConvergedReason() == PETSc.TS.ConvergedReason.CONVERGED_EVENT:
                 run.taus[run.next_output] = tau         # the event time is the last output time
                 run.record_output(ts.getStepNumber(), vec_as_tensor(self.sol))
+            elif run.event.horizon and run.at_output(tau):   # no event before the horizon
+                run.record_output(ts.getStepNumber(), vec_as_tensor(self.sol))
+                ts.setConvergedReason(PETSc.TS.ConvergedReason.CONVERGED_USER)
             return
         fixed = run.plan is not None
         # fixed-step RK returns NaN silently; adaptive RK fails in its error norm instead (a global 2-norm:
@@ -218,7 +221,8 @@ class Driver:
                 "-snes_lag_jacobian (lagged Newton Jacobians) is only allowed in solves without gradients "
                 "(torch.no_grad()): PETSc's adjoint would reuse lagged Jacobians; remove the option")
         # an event solve's last output time is found on the way
-        taus = spec.taus if spec.event is None else np.array([spec.taus[0], np.inf])
+        taus = spec.taus if spec.event is None else np.array([spec.taus[0],
+                                                               spec.taus[1] if spec.event.horizon else np.inf])
         outputs = torch.empty(len(taus), y0.numel(), dtype=PETSC_DTYPE)
         outputs[0].copy_(y0)
         self._token += 1

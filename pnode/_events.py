@@ -31,9 +31,10 @@ class EventSpec:
     fn: Callable
     count: int
     params: tuple[torch.Tensor, ...]
+    horizon: bool = False      # stop at t[1] if no event comes first (else t[1] is ignored, as torchdiffeq)
 
     @classmethod
-    def of(cls, event_fn: Callable, t0: torch.Tensor, y0, layout: StateLayout) -> EventSpec:
+    def of(cls, event_fn: Callable, t0: torch.Tensor, y0, layout: StateLayout, horizon: bool = False) -> EventSpec:
         if not callable(event_fn):
             raise InvalidArgumentError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
         params = tuple(p for p in event_fn.parameters() if p.requires_grad) if isinstance(event_fn, nn.Module) \
@@ -49,7 +50,7 @@ class EventSpec:
                 "event_fn depends on tensors that require grad but is not an nn.Module holding them: they are "
                 "treated as constants when differentiating the event time (as torchdiffeq does); make event_fn "
                 "an nn.Module with them as parameters to differentiate them", stacklevel=4)
-        return cls(event_fn, value.numel(), params)
+        return cls(event_fn, value.numel(), params, horizon)
 
     def values(self, t: torch.Tensor, state) -> torch.Tensor:
         return self.fn(t, state).reshape(-1)
