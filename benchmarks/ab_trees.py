@@ -16,9 +16,9 @@ import sys
 CHILD = r'''
 import json
 import sys
-import time
 
 import torch
+from _common import time_steps   # benchmarks/ is put on the path by the parent
 
 import pnode
 
@@ -55,13 +55,8 @@ def step():
     solver(y0, t).pow(2).sum().backward()
 
 
-step()
-times = []
-for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-print(json.dumps(sorted(times)[len(times) // 2]))
+median, _ = time_steps(step, warmup=1, repeats=repeats)
+print(json.dumps(median))
 '''
 
 
@@ -75,8 +70,9 @@ def main() -> None:
     for _ in range(args.rounds):
         for tree in (args.old, args.new):
             for which, n in (("explicit", 3), ("spiral", 10), ("stiff", 3)):
+                path = os.pathsep.join([tree, os.path.dirname(os.path.abspath(__file__))])
                 out = subprocess.run([sys.executable, "-c", CHILD, which, str(n)],
-                                     env=dict(os.environ, PYTHONPATH=tree), capture_output=True, text=True)
+                                     env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True)
                 res.setdefault((which, tree), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("load average", os.getloadavg())
     for which in ("explicit", "spiral", "stiff"):

@@ -34,7 +34,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
-from _common import peak_rss_bytes, run_child, write_table  # noqa: E402
+from _common import peak_rss_bytes, run_child, time_steps, write_table  # noqa: E402
 
 DIGITS_VARIANTS = ["pnode", "pnode_keep_graph", "pnode_checkpoints2", "torchdiffeq", "torchdiffeq_adjoint"]
 CNF_VARIANTS = ["pnode", "pnode_keep_graph", "torchdiffeq", "torchdiffeq_adjoint"]
@@ -183,14 +183,8 @@ def cnf_child(workload: str, variant: str, iterations: int) -> dict:
         return loss.item()
 
     base = peak_rss_bytes()
-    for _ in range(2):
-        train_step()
-    times = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        train_step()
-        times.append(time.perf_counter() - start)
-    return {"seconds_per_iteration": statistics.median(times), "min_seconds": min(times),
+    median, best = time_steps(train_step, warmup=2, repeats=iterations)
+    return {"seconds_per_iteration": median, "min_seconds": best,
             "peak_rss_growth": peak_rss_bytes() - base, "threads": torch.get_num_threads()}
 
 

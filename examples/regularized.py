@@ -47,6 +47,19 @@ def weight_at(it: int, iters: int, weight: float, decay: float) -> float:
     return 0.0 if it > end else weight * 0.5 * (1 + math.cos(math.pi * (it - 1) / end))
 
 
+def regularized(loss, args, it: int, weight: float, solver, t, ys, samples):
+    """``loss + w(it) * regularizer`` and the regularizer (``None`` while the weight is 0)."""
+    w = weight_at(it, args.iters, weight, args.decay)
+    if w == 0:
+        return loss, None, w
+    reg = pnode.local_error_regularizer(solver, t, ys, mode=args.mode, samples=args.samples, generator=samples)
+    return loss + w * reg, reg, w
+
+
+def shown(reg) -> str:
+    return "" if reg is None else f"  regularizer {float(reg.detach()):.3e}"
+
+
 def train_spiral(args, t, y, weight: float, label: str):
     torch.manual_seed(args.seed)
     func = spiral.ODEFunc()
@@ -63,18 +76,12 @@ def train_spiral(args, t, y, weight: float, label: str):
         batch_y0, batch_t, batch_y = spiral.get_batch(t, y, args.batch_time, args.batch_size, batches)
         pred = solver(batch_y0, batch_t)
         loss = (pred - batch_y).abs().mean()
-        w = weight_at(it, args.iters, weight, args.decay)
-        total, reg = loss, None
-        if w > 0:
-            reg = pnode.local_error_regularizer(solver, batch_t, pred, mode=args.mode, samples=args.samples,
-                                                generator=samples)
-            total = loss + w * reg
+        total, reg, w = regularized(loss, args, it, weight, solver, batch_t, pred, samples)
         total.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
         if it % args.log_every == 0 or it == args.iters:
-            shown = "" if reg is None else f"  regularizer {float(reg.detach()):.3e}"
-            print(f"{label:>11} iter {it:4d}  loss {loss.item():.4e}  weight {w:8.3g}{shown}  "
+            print(f"{label:>11} iter {it:4d}  loss {loss.item():.4e}  weight {w:8.3g}{shown(reg)}  "
                   f"steps {solver.stats.steps:3d}  {time.perf_counter() - start:6.1f}s", flush=True)
     return func, losses, time.perf_counter() - start
 
@@ -214,18 +221,12 @@ def run_twist(args):
             ys = solver(x_train, t)
             loss = (ys[-1] - y_train).square().mean()
             evals.append(solver.stats.rhs_evals)
-            w = weight_at(it, args.iters, weight, args.decay)
-            total, reg = loss, None
-            if w > 0:
-                reg = pnode.local_error_regularizer(solver, t, ys, mode=args.mode, samples=args.samples,
-                                                    generator=samples)
-                total = loss + w * reg
+            total, reg, w = regularized(loss, args, it, weight, solver, t, ys, samples)
             total.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
             if it % args.log_every == 0 or it == args.iters:
-                shown = "" if reg is None else f"  regularizer {float(reg.detach()):.3e}"
-                print(f"{label:>11} iter {it:4d}  mse {losses[-1]:.4e}  weight {w:8.3g}{shown}  "
+                print(f"{label:>11} iter {it:4d}  mse {losses[-1]:.4e}  weight {w:8.3g}{shown(reg)}  "
                       f"f evals {evals[-1]:4d}  {time.perf_counter() - start:6.1f}s", flush=True)
         seconds = time.perf_counter() - start
         predictor = pnode.ODESolver(func, method=args.method, rtol=args.rtol, atol=args.atol)

@@ -46,11 +46,6 @@ def vec_as_tensor(vec: PETSc.Vec, readonly: bool = True) -> torch.Tensor:
     return torch.from_numpy(vec.getArray(readonly=readonly))
 
 
-def vec_array(vec: PETSc.Vec, readonly: bool = True) -> np.ndarray:
-    """``vec``'s local array as numpy (no copy)."""
-    return vec.getArray(readonly=readonly)
-
-
 def copy_into(target: np.ndarray, source: torch.Tensor, scale: float = 1.0) -> None:
     """target <- scale * source, casting to float64 (numpy's copy where it can: cheaper than torch's)."""
     if source.dtype in _NUMPY_COPYABLE and source.device.type == "cpu":

@@ -60,15 +60,27 @@ class SolveOptions:
     theta: float | None = None
     adjoint_rtol: float | None = None     # the transposed linear solves of implicit methods
     adjoint_atol: float | None = None
-    adapt: dict[str, str] = field(default_factory=dict)     # PETSc adaptor options from torchdiffeq's names
     step_t: tuple[float, ...] = ()
     jump_t: tuple[float, ...] = ()
     grid_constructor: object = None
     perturb: bool = False
     keep_graph: bool = False
     solver: str | None = None            # scipy_solver's scipy method
-    min_step: float | None = None
+    min_step: float | None = None        # torchdiffeq's controller settings (None: PETSc's default)
     max_step: float | None = None
+    safety: float | None = None
+    ifactor: float | None = None
+    dfactor: float | None = None
+
+    @property
+    def adapt(self) -> dict[str, str]:
+        """torchdiffeq's controller settings as PETSc adaptor options."""
+        out = {petsc: repr(value) for petsc, value in (("ts_adapt_dt_min", self.min_step),
+                                                         ("ts_adapt_dt_max", self.max_step),
+                                                         ("ts_adapt_safety", self.safety)) if value is not None}
+        if self.ifactor is not None or self.dfactor is not None:
+            out["ts_adapt_clip"] = f"{self.dfactor or 0.1!r},{self.ifactor or 10.0!r}"
+        return out
 
     def landmarks(self, sign: float) -> tuple[tuple[float, ...], frozenset]:
         """step_t and jump_t in integration time (sorted), and the jump times among them."""
@@ -123,34 +135,20 @@ class SolveOptions:
             raise InvalidArgumentError("options['grid_constructor'] must be callable as grid_constructor(func, y0, t), "
                                        f"got {type(grid).__name__}")
         return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
-                   jacobian, theta, adapt=_adapt_options(options), step_t=_times(options, "step_t"),
+                   jacobian, theta, step_t=_times(options, "step_t"),
                    jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")),
                    keep_graph=bool(options.get("keep_graph")), solver=options.get("solver"),
-                   min_step=_positive(options, "min_step") if options.get("min_step") else None,
-                   max_step=(None if options.get("max_step") in (None, float("inf"))
-                             else _positive(options, "max_step")))
+                   **_step_bounds(options), safety=_positive(options, "safety"),
+                   ifactor=_positive(options, "ifactor"), dfactor=_positive(options, "dfactor"))
 
 
-def _adapt_options(options: Mapping) -> dict[str, str]:
-    """torchdiffeq's controller settings as PETSc adaptor options."""
-    out = {}
-    for key, petsc in (("min_step", "ts_adapt_dt_min"), ("max_step", "ts_adapt_dt_max"),
-                       ("safety", "ts_adapt_safety")):
-        value = options.get(key)
-        if value is None or (key == "min_step" and value == 0):
-            continue
-        number = float("inf") if key == "max_step" and value == float("inf") else _positive(options, key)
-        if number != float("inf"):
-            out[petsc] = repr(number)
-    if options.get("min_step") is not None and options.get("max_step") is not None \
-            and float(options["min_step"]) > float(options["max_step"]):
-        raise InvalidArgumentError(f"options['min_step'] ({options['min_step']}) exceeds options['max_step'] "
-                                   f"({options['max_step']})")
-    if options.get("ifactor") is not None or options.get("dfactor") is not None:
-        low = _positive(options, "dfactor") or 0.1
-        high = _positive(options, "ifactor") or 10.0
-        out["ts_adapt_clip"] = f"{low!r},{high!r}"
-    return out
+def _step_bounds(options: Mapping) -> dict[str, float | None]:
+    """min_step / max_step (torchdiffeq writes min_step=0 and max_step=inf for "no bound")."""
+    low = None if options.get("min_step") in (None, 0) else _positive(options, "min_step")
+    high = None if options.get("max_step") in (None, math.inf) else _positive(options, "max_step")
+    if low is not None and high is not None and low > high:
+        raise InvalidArgumentError(f"options['min_step'] ({low}) exceeds options['max_step'] ({high})")
+    return {"min_step": low, "max_step": high}
 
 
 def _times(options: Mapping, key: str) -> tuple[float, ...]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from . import _tableaux
-from .errors import AdjointNotAvailableError, UnknownMethodError
+from .errors import UnknownMethodError
 
 
 @dataclass(frozen=True)
@@ -292,12 +292,6 @@ def running_tableau(ts) -> str | None:
     if access[1] is None:
         return _tableaux.irk_type(ts)
     return getattr(ts, access[1])()
-
-
-def require_adjoint(method: Method) -> None:
-    """Raise :class:`AdjointNotAvailableError` when a gradient is asked of a forward-only method."""
-    if not method.adjoint:
-        raise AdjointNotAvailableError(no_adjoint_message(method))
 
 
 def no_adjoint_message(method: Method) -> str:
