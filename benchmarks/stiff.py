@@ -17,7 +17,16 @@ Part 2 (scan): pnode arkimex4 at ``--t-scan`` for batch sizes ``--scan-batches``
 conditions), jacobian 'batched' (per-sample blocks, exact batched LU) and 'matrix_free' (JVP + GMRES):
 Newton and Krylov iterations per step and time per step.
 
+Part 3 (diffrax): the same model in JAX (benchmarks/_diffrax_peer.py, parameters copied from the torch
+model) trained with diffrax ``Kvaerno5`` + ``PIDController`` (same rtol/atol) + ``RecursiveCheckpointAdjoint``,
+``jax.vmap`` over samples, float64, the step (loss + grad) compiled ahead of time, against pnode arkimex4
+(jacobian 'batched'), for each horizon in ``--horizons`` and batch in ``--batches``: one process per cell
+runs both, alternating timed steps, with compile time reported apart; final-state error of each against
+scipy Radau; pnode's Newton and Krylov iterations per step; peak RSS growth during the timed steps; the
+relative difference of the two losses and gradients (same model, both solvers at rtol 1e-6).
+
     python benchmarks/stiff.py --threads 1 [--quick]   ->  benchmarks/results/stiff.md
+    python benchmarks/stiff.py --threads 1 --parts diffrax --batches 4 64 --horizons 1 --repeats 2   (short)
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import peak_rss_bytes, run_child, write_table  # noqa: E402
+from _common import peak_rss_bytes, run_child  # noqa: E402
 
 RATES = (0.04, 3e7, 1e4)
 SCALE = (1.0, 1e4, 1.0)
@@ -54,6 +63,7 @@ QUICK_VARIANTS = ["pnode arkimex4", "pnode IMEX arkimex4", "torchdiffeq dopri5",
                   "torchode tsit5"]
 
 
+PARTS = ("train", "scan", "diffrax")
 RAW: list[dict] = []   # every child's result, written to results/stiff.json
 
 
@@ -109,21 +119,31 @@ def build(batch: int, t_end: float):
 
 
 def reference(batch: int, t_end: float):
-    """Final state of the same model by scipy Radau at rtol 1e-12 (exact Jacobian from torch)."""
+    """Final state of the same model by scipy Radau at rtol 1e-12 (exact Jacobian from torch).
+
+    The samples are independent, so the Jacobian is block diagonal: it is handed to Radau as a sparse
+    matrix of per-sample 3x3 blocks (sparse LU), which keeps batch 1024 cheap."""
     import numpy as np
     import torch
     from scipy.integrate import solve_ivp
+    from scipy.sparse import bsr_matrix
 
     model, y0, t, _ = build(batch, t_end)
     zero = torch.zeros((), dtype=torch.float64)
+    one_sample = lambda z: model(zero, z)  # noqa: E731
+    blocks = torch.func.vmap(torch.func.jacrev(one_sample))
+    index, pointer = np.arange(batch), np.arange(batch + 1)
 
-    def flat(z):
-        return model(zero, z.view(batch, 3)).reshape(-1)
+    def rhs(s, y):
+        return model(zero, torch.from_numpy(y).view(batch, 3)).reshape(-1).numpy()
+
+    def jac(s, y):
+        return bsr_matrix((blocks(torch.from_numpy(y).view(batch, 3)).numpy(), index, pointer),
+                          shape=(3 * batch, 3 * batch)).tocsc()
 
     with torch.no_grad():
-        sol = solve_ivp(lambda s, y: flat(torch.from_numpy(y)).numpy(), (0.0, t_end), y0.reshape(-1).numpy(),
-                        method="Radau", rtol=1e-12, atol=1e-22,
-                        jac=lambda s, y: torch.func.jacrev(flat)(torch.from_numpy(y)).numpy())
+        sol = solve_ivp(rhs, (0.0, t_end), y0.reshape(-1).numpy(), method="Radau", rtol=1e-12, atol=1e-22,
+                        jac=jac)
     return np.asarray(sol.y[:, -1]).reshape(batch, 3)
 
 
@@ -277,6 +297,106 @@ def scan_child(batch: int, jacobian: str, t_end: float, threads: int) -> dict:
                  max_steps=100_000, budget_s=0.0, jacobian=jacobian)
 
 
+def rss_reset() -> int | None:
+    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs) and return the current RSS in
+    bytes, or None where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_kib("VmRSS") * 1024
+    except OSError:
+        return None
+
+
+def rss_peak() -> int | None:
+    """The peak RSS in bytes since the last :func:`rss_reset` (None off Linux)."""
+    try:
+        return _proc_status_kib("VmHWM") * 1024
+    except OSError:
+        return None
+
+
+def _proc_status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{key} not in /proc/self/status")
+
+
+def diffrax_child(batch: int, t_end: float, repeats: int, threads: int) -> dict:
+    """One (T, batch) cell of part 3: the diffrax peer and pnode arkimex4 on the same model and the same
+    initial parameters, timed steps alternating (diffrax first in even rounds, pnode first in odd ones)."""
+    from _diffrax_peer import DiffraxStep, configure_jax, grads_to_torch_order, params_from_torch
+
+    configure_jax(threads)      # before torch does anything with threads, and before jax is imported
+    import jax
+    import numpy as np
+    import torch
+
+    import pnode
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, y0, t, scale = build(batch, t_end)
+    params = params_from_torch(model)
+    peer = DiffraxStep(y0.numpy(), t.numpy(), SCALE, RTOL, ATOL)
+    solver = pnode.ODESolver(model, method="arkimex4", rtol=RTOL, atol=ATOL, options={"jacobian": "batched"})
+    torch_params = list(model.parameters())
+
+    def pnode_step():
+        for p in torch_params:
+            p.grad = None
+        out = solver(y0, t)
+        loss = (out * scale).pow(2).mean()
+        loss.backward()
+        return loss.item(), [p.grad.numpy().copy() for p in torch_params], out[-1].detach().numpy()
+
+    def diffrax_step():
+        loss, grads, final, accepted, rejected = peer(params)
+        return loss, grads_to_torch_order(grads), final, accepted, rejected
+
+    result: dict = {"threads": torch.get_num_threads(), "jax": jax.__version__}
+    compile_s = peer.compile(params)
+    start = time.perf_counter()
+    first = diffrax_step()                 # the compiled step's first run (untimed)
+    result["diffrax_first_run_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    pnode_first = pnode_step()             # builds PETSc objects (untimed)
+    result["pnode_first_run_s"] = time.perf_counter() - start
+    timing = {"diffrax": [], "pnode": []}
+    peak = {"diffrax": [], "pnode": []}
+    runners = {"diffrax": diffrax_step, "pnode": pnode_step}
+    last = {"diffrax": first, "pnode": pnode_first}
+    for round_ in range(repeats):
+        for name in (("diffrax", "pnode") if round_ % 2 == 0 else ("pnode", "diffrax")):
+            base = rss_reset()
+            start = time.perf_counter()
+            last[name] = runners[name]()
+            timing[name].append(time.perf_counter() - start)
+            top = rss_peak()
+            if base is not None and top is not None:
+                peak[name].append(top - base)
+    d_loss, d_grads, d_final, accepted, rejected = last["diffrax"]
+    p_loss, p_grads, p_final = last["pnode"]
+    d_flat, p_flat = np.concatenate([g.ravel() for g in d_grads]), np.concatenate([g.ravel() for g in p_grads])
+    s = solver.stats
+    result.update(
+        diffrax_compile_s=compile_s, diffrax_s=statistics.median(timing["diffrax"]),
+        pnode_s=statistics.median(timing["pnode"]), diffrax_times=timing["diffrax"], pnode_times=timing["pnode"],
+        diffrax_peak=max(peak["diffrax"]) if peak["diffrax"] else None,
+        pnode_peak=max(peak["pnode"]) if peak["pnode"] else None,
+        diffrax_final=np.asarray(d_final).tolist(), pnode_final=np.asarray(p_final).tolist(),
+        diffrax_accepted_mean=float(np.mean(accepted)), diffrax_accepted_max=int(np.max(accepted)),
+        diffrax_rejected_mean=float(np.mean(rejected)),
+        diffrax_loss=d_loss, pnode_loss=p_loss, loss_rel_diff=abs(d_loss - p_loss) / abs(p_loss),
+        grad_rel_diff=float(np.linalg.norm(d_flat - p_flat) / np.linalg.norm(p_flat)),
+        log_rates_grad_rel_diff=float(np.linalg.norm(d_grads[0] - p_grads[0]) / np.linalg.norm(p_grads[0])),
+        steps=s.steps, rejected=s.rejected_steps, newton=s.newton_iterations, krylov=s.krylov_iterations,
+        jacobians=s.jacobian_assemblies, pnode_fwd_s=s.forward_time, pnode_bwd_s=s.backward_time)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- parent
 def run(args, child_args: list[str], in_process: bool, timeout: float) -> dict:
     if in_process:
@@ -291,6 +411,8 @@ def run(args, child_args: list[str], in_process: bool, timeout: float) -> dict:
 
 
 def dispatch(args) -> dict:
+    if args.diffrax_cell:
+        return diffrax_child(args.batch, args.t_end, args.repeats, args.threads)
     if args.scan:
         return scan_child(args.batch, args.jacobian, args.t_end, args.threads)
     return child(args.variant, args.batch, args.t_end, args.repeats, args.threads, args.cap_s, args.max_steps,
@@ -409,10 +531,74 @@ def scan_part(args, in_process: bool) -> tuple[list[list], list[str]]:
     return rows, notes
 
 
+def diffrax_available() -> str | None:
+    """None when jax, diffrax and equinox import; otherwise why not."""
+    import importlib.util
+
+    missing = [m for m in ("jax", "diffrax", "equinox") if importlib.util.find_spec(m) is None]
+    return f"not installed: {', '.join(missing)} (pip install -e '.[benchmarks]')" if missing else None
+
+
+def diffrax_part(args, in_process: bool) -> tuple[list[list], list[str]]:
+    rows, notes = [], []
+    why = diffrax_available()
+    if why:
+        return [["", "", "skipped: " + why]], notes
+    for t_end in args.horizons:
+        for batch in args.batches:
+            print(f"reference (Radau, rtol 1e-12) at T={t_end:g}, batch {batch} ...", flush=True)
+            ref = reference(batch, t_end)
+            print(f"diffrax vs pnode: T={t_end:g}, batch {batch} ...", flush=True)
+            child_args = ["--diffrax-cell", "--batch", str(batch), "--t-end", repr(t_end),
+                          "--repeats", str(args.repeats), "--threads", str(args.threads)]
+            r = run(args, child_args, in_process, timeout=args.child_timeout)
+            RAW.append({"part": "diffrax", "t_end": t_end, "batch": batch, **r})
+            print("   ", {k: v for k, v in r.items() if not k.endswith("final")}, flush=True)
+            if "error" in r:
+                rows.append([f"{t_end:g}", batch, "failed: " + str(r["error"])[:70]])
+                continue
+            d_err, p_err = rel_error(r["diffrax_final"], ref), rel_error(r["pnode_final"], ref)
+            r.update(diffrax_error_rel=d_err, pnode_error_rel=p_err)
+            tried = r["steps"] + r["rejected"]
+            mib = lambda b: "n/a" if b is None else f"{b / 2**20:.1f}"  # noqa: E731
+            rows.append([f"{t_end:g}", batch, f"{r['diffrax_s']:.3g}", f"{r['pnode_s']:.3g}",
+                         f"{r['pnode_s'] / r['diffrax_s']:.2f}", f"{r['diffrax_compile_s']:.1f}",
+                         f"{d_err:.2e}", f"{p_err:.2e}",
+                         f"{r['diffrax_accepted_mean']:.0f} / {r['diffrax_accepted_max']} "
+                         f"({r['diffrax_rejected_mean']:.0f} rej)",
+                         f"{r['steps']} ({r['rejected']} rej)", f"{r['newton'] / tried:.2f}",
+                         f"{r['krylov'] / tried:.2f}", f"{mib(r['diffrax_peak'])} / {mib(r['pnode_peak'])}",
+                         f"{r['loss_rel_diff']:.1e}", f"{r['grad_rel_diff']:.1e}"])
+    notes.append(
+        "One training step (loss + gradient) at fixed initial parameters, the same in both (copied from the "
+        f"torch model); s/iter: median of {args.repeats} timed steps per library, alternating diffrax and pnode "
+        "in one process after one untimed step each; compile s: jax.jit(...).lower().compile() of the "
+        "step, apart. diffrax: Kvaerno5, PIDController(rtol, atol) (default coefficients), SaveAt(ts), "
+        "RecursiveCheckpointAdjoint, jax.vmap over samples (each sample has its own steps); pnode: arkimex4, "
+        "jacobian 'batched', one step size for the whole batch. rel err: max over samples and species of "
+        "|y(T) - y_ref(T)| / |y_ref(T)| against scipy Radau (rtol 1e-12, atol 1e-22, block-diagonal exact "
+        "Jacobian). diffrax steps: accepted per sample, mean / max, and mean rejected. Newton/step and "
+        "Krylov/step: pnode's forward iterations over all steps tried (accepted + rejected). peak MiB: growth "
+        "of the process's peak RSS over one timed step (the mark reset before each; max over steps). "
+        "loss / grad diff: |L_diffrax - L_pnode| / |L_pnode| and ||g_diffrax - g_pnode|| / ||g_pnode|| over "
+        "all parameters: the two discretizations of the same model at rtol "
+        f"{RTOL:g}.")
+    return rows, notes
+
+
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scan", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--diffrax-cell", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which parts to run (default: all): train = pnode vs explicit PyTorch peers at "
+                             "--batch; scan = Newton/Krylov vs batch size; diffrax = pnode vs diffrax Kvaerno5 "
+                             "over --horizons x --batches")
+    parser.add_argument("--batches", nargs="+", type=int, default=[4, 64, 256, 1024],
+                        help="batch sizes of the diffrax part")
+    parser.add_argument("--horizons", nargs="+", type=float, default=[1.0, 1000.0],
+                        help="horizons T of the diffrax part")
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jacobian", default="batched", help=argparse.SUPPRESS)
     parser.add_argument("--t-end", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -445,47 +631,64 @@ def main() -> None:
         args.batch, args.t_short, args.t_long, args.t_scan = 2, 1e-2, 1.0, 1e-2
         args.scan_batches, args.mf_max_batch, args.mf_cap_s = [1, 16, 256], 1, 30.0
         args.repeats, args.cap_s, args.budget_s = 1, 2.0, 5.0
+        args.batches, args.horizons = [4], [1.0]
         if not args.threads:
             args.threads = 1
     variants = QUICK_VARIANTS if args.quick else list(VARIANTS)
     in_process = args.quick
     started = time.perf_counter()
-    train_rows, summary = train_part(args, variants, in_process)
-    scan_rows, scan_notes = scan_part(args, in_process)
-    load = os.getloadavg()
     command = "python benchmarks/stiff.py " + " ".join(sys.argv[1:])
-    train_header = ["T", "variant", "status", "s/iter (median)", "fwd s", "bwd s", "steps", "f evals (fwd)",
-                    "VJPs / bwd evals", "Newton", "J asm", "rel err y(T)", "peer / pnode", "peak MiB"]
-    scan_header = ["jacobian", "batch", "steps", "Newton", "Krylov", "Newton/step", "Krylov/Newton", "JVPs",
-                   "fwd ms/step", "bwd ms/step", "fwd us/step/sample"]
-    notes = (
-        f"Robertson kinetics + MLP rate correction, batch {args.batch}, {N_OUT} output times log-spaced to T; "
-        f"one training step (forward + backward) per iteration; rtol {RTOL:g}, atol {ATOL:g} unless named; "
-        "pnode Jacobian 'batched'. rel err: max over samples and species of |y(T) - y_ref(T)| / |y_ref(T)|, "
-        "y_ref from scipy Radau (rtol 1e-12, atol 1e-22) on the same model. peer / pnode: the peer's time "
-        "over the fastest pnode variant at least as accurate. Explicit peers are stopped at "
-        f"{args.cap_s:g}s or {args.max_steps} steps; '>= X s (extrap.)' is their forward time extrapolated "
-        "linearly in t from where they stopped (a lower bound: the stable step shrinks as t grows, and the "
-        "backward pass is not counted). 'VJPs / bwd evals': pnode's vector-Jacobian products (forward + "
-        "backward); torchdiffeq adjoint's f evals in the backward solve; direct backprop peers have none.\n"
-        "torchdiffeq 0.2.5 has no usable implicit method: 'implicit_adams' is a fixed-grid Adams-Moulton "
-        "corrector solved by at most 4 fixed-point (functional) iterations, which converge only when "
-        "h*|lambda| is below ~1, so its stability limit is explicit-like; 'scipy_solver' (Radau/BDF through "
-        "scipy) is forward-only (no gradients). torchode 1.0.1 has only explicit steppers (Euler, Heun, "
-        "Dopri5, Tsit5).\n" + "\n".join(summary) + "\n"
-        f"torch threads: {args.threads or 'default'}; load average (1/5/15 min) at the end: "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; total {time.perf_counter() - started:.0f}s; "
-        f"command: {command}")
-    scan_text = (f"\n\n### Newton / Krylov iterations vs batch size (pnode arkimex4, T={args.t_scan:g}, rtol {RTOL:g}, "
-                 f"one training step; distinct initial conditions)\n\n")
+    sections = []
+    if "train" in args.parts:
+        train_rows, summary = train_part(args, variants, in_process)
+        train_header = ["T", "variant", "status", "s/iter (median)", "fwd s", "bwd s", "steps", "f evals (fwd)",
+                        "VJPs / bwd evals", "Newton", "J asm", "rel err y(T)", "peer / pnode", "peak MiB"]
+        notes = (
+            f"Robertson kinetics + MLP rate correction, batch {args.batch}, {N_OUT} output times log-spaced to "
+            f"T; one training step (forward + backward) per iteration; rtol {RTOL:g}, atol {ATOL:g} unless "
+            "named; pnode Jacobian 'batched'. rel err: max over samples and species of |y(T) - y_ref(T)| / "
+            "|y_ref(T)|, y_ref from scipy Radau (rtol 1e-12, atol 1e-22) on the same model. peer / pnode: the "
+            "peer's time over the fastest pnode variant at least as accurate. Explicit peers are stopped at "
+            f"{args.cap_s:g}s or {args.max_steps} steps; '>= X s (extrap.)' is their forward time extrapolated "
+            "linearly in t from where they stopped (a lower bound: the stable step shrinks as t grows, and the "
+            "backward pass is not counted). 'VJPs / bwd evals': pnode's vector-Jacobian products (forward + "
+            "backward); torchdiffeq adjoint's f evals in the backward solve; direct backprop peers have none.\n"
+            "torchdiffeq 0.2.5 has no usable implicit method: 'implicit_adams' is a fixed-grid Adams-Moulton "
+            "corrector solved by at most 4 fixed-point (functional) iterations, which converge only when "
+            "h*|lambda| is below ~1, so its stability limit is explicit-like; 'scipy_solver' (Radau/BDF through "
+            "scipy) is forward-only (no gradients). torchode 1.0.1 has only explicit steppers (Euler, Heun, "
+            "Dopri5, Tsit5).\n" + "\n".join(summary))
+        sections.append("### pnode vs explicit PyTorch peers\n\n" + table_text(train_header, pad(
+            train_rows, len(train_header))) + "\n\n" + notes)
+    if "scan" in args.parts:
+        scan_rows, scan_notes = scan_part(args, in_process)
+        scan_header = ["jacobian", "batch", "steps", "Newton", "Krylov", "Newton/step", "Krylov/Newton", "JVPs",
+                       "fwd ms/step", "bwd ms/step", "fwd us/step/sample"]
+        sections.append(f"### Newton / Krylov iterations vs batch size (pnode arkimex4, T={args.t_scan:g}, rtol "
+                        f"{RTOL:g}, one training step; distinct initial conditions)\n\n"
+                        + table_text(scan_header, pad(scan_rows, len(scan_header))) + "\n\n" + " ".join(scan_notes))
+    if "diffrax" in args.parts:
+        peer_rows, peer_notes = diffrax_part(args, in_process)
+        peer_header = ["T", "batch", "diffrax s/iter", "pnode s/iter", "pnode / diffrax", "diffrax compile s",
+                       "diffrax rel err", "pnode rel err", "diffrax steps/sample", "pnode steps", "Newton/step",
+                       "Krylov/step", "peak MiB diffrax / pnode", "loss diff", "grad diff"]
+        sections.append("### pnode arkimex4 vs diffrax Kvaerno5 (JAX), training step\n\n"
+                        + table_text(peer_header, pad(peer_rows, len(peer_header))) + "\n\n" + " ".join(peer_notes))
+    load = os.getloadavg()
+    footer = (f"torch threads: {args.threads or 'default'}; load average (1/5/15 min) at the end: "
+              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; total {time.perf_counter() - started:.0f}s; "
+              f"command: {command}")
+    print(f"load average (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
     results_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "stiff.json"), "w") as f:
         json.dump({"command": command, "load": load, "results": RAW}, f, indent=1)
-    train_rows = pad(train_rows, len(train_header))
-    scan_rows = pad(scan_rows, len(scan_header))
-    scan_table = table_text(scan_header, scan_rows) + "\n\n" + " ".join(scan_notes)
-    write_table("stiff.md", train_header, train_rows, notes + scan_text + scan_table)
+    text = "\n\n".join(sections + [footer]) + "\n"
+    path = os.path.join(results_dir, "stiff.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    print(f"(written to {path})")
 
 
 def pad(rows: list[list], n: int) -> list[list]:
