@@ -4,14 +4,15 @@ PY     := $(VENV)/bin/python
 OUT    ?= outputs
 MPIEXEC ?= mpiexec
 NP     ?= 2
-DEMO_ITERS ?= 60
+DEMO_ITERS ?= 4
 
 .PHONY: setup test docs demo demo-spiral demo-serial demo-robertson demo-imex lint bench clean help
 
 help:
 	@echo "make test   - set up (if needed) and run the test suite"
 	@echo "make demo   - set up (if needed) and train a neural ODE on stiff Robertson kinetics on $(NP) MPI ranks"
-	@echo "              (implicit arkimex4, batched Jacobians; progress, checkpoints, $(OUT)/robertson_mpi.png)"
+	@echo "              (implicit arkimex4, batched Jacobians, L-BFGS on log-rates; progress with the rate errors,"
+	@echo "              checkpoints, $(OUT)/robertson_mpi.png)"
 	@echo "make demo-robertson - the same task for one trajectory in one process ($(OUT)/robertson.png)"
 	@echo "make demo-imex - SINODE-style IMEX training on viscous Burgers (arkimex3), writing $(OUT)/imex_burgers.png"
 	@echo "make demo-spiral - the spiral neural ODE (explicit dopri5) on $(NP) MPI ranks through pnode-train"
@@ -37,8 +38,8 @@ docs:
 
 # the main job: data-parallel training of a stiff neural ODE under MPI through the pnode-train driver
 demo: setup
-	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_robertson.py --iterations $(DEMO_ITERS) --log-every 5 \
-		--checkpoint $(OUT)/robertson_mpi.pt --checkpoint-every 10 -- --out $(OUT)
+	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_robertson.py --iterations $(DEMO_ITERS) --log-every 1 \
+		--checkpoint $(OUT)/robertson_mpi.pt --checkpoint-every 1 -- --out $(OUT)
 
 demo-spiral: setup
 	$(MPIEXEC) -n $(NP) $(PY) -m pnode.cli examples/train_spiral.py --iterations 400 --log-every 20 \

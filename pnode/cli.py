@@ -132,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         trainer = Trainer(task, args.iterations, comm=comm, checkpoint=args.checkpoint,
                           checkpoint_every=args.checkpoint_every, resume=args.resume,
                           log_every=args.log_every, printer=lambda line: print(line, flush=True))
-        return trainer.run()
+        status = trainer.run()
+        _collect_parallel_garbage(comm)
+        return status
     except BaseException as error:  # noqa: BLE001 - a batch job must die, not hang
         if isinstance(error, SystemExit) and error.code in (0, None):
             raise
@@ -143,6 +145,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(1.0)     # let mpiexec forward this rank's output before the abort tears it down
             comm.Abort(1)
         return 1
+
+
+def _collect_parallel_garbage(comm) -> None:
+    """Run Python's cyclic collector and PETSc's garbage cleanup on every rank together before exiting.
+
+    petsc4py hands a parallel object that Python's collector frees to PETSc's garbage list, emptied
+    collectively by ``PetscGarbageCleanup``; ``PetscFinalize`` runs that cleanup only on ranks that have
+    such a list.  A collector run on rank 0 alone (triggered by the allocations of a plot in the task's
+    report) can free objects there that the other ranks still hold in reference cycles; rank 0 then
+    waited in ``PetscFinalize`` for ranks already in ``MPI_Finalize`` (``make demo`` hung after its last
+    iteration, now and then).  Collecting on every rank at the same point, then cleaning up
+    collectively, destroys those objects on all ranks together."""
+    import gc
+
+    from petsc4py import PETSc
+
+    petsc_comm = PETSc.Comm(comm)
+    if petsc_comm.getSize() == 1:
+        return
+    gc.collect()
+    PETSc.garbage_cleanup(petsc_comm)
 
 
 def _share_cores(comm) -> None:

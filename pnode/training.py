@@ -64,6 +64,9 @@ class TrainingTask:
         (plots, test errors).
     report_every : int, optional
         Iterations between ``report`` calls (0: only at the end).
+    progress : callable, optional
+        ``progress() -> str``, called on rank 0 for every progress line and appended to it (e.g. the
+        error of learned physical constants).
 
     Examples
     --------
@@ -85,6 +88,7 @@ class TrainingTask:
     outside_params: Sequence[torch.Tensor] = ()
     report: Callable[[int, list[float]], None] | None = None
     report_every: int = 0
+    progress: Callable[[], str] | None = None
 
 
 @dataclass
@@ -106,9 +110,13 @@ class TrainingLog:
 class Trainer:
     """Run a :class:`TrainingTask` for a number of iterations, resumably, on every rank of ``comm``.
 
-    Each iteration zeroes the gradients, calls ``task.loss(iteration)``, runs its backward pass, sums
-    the gradients of ``task.outside_params`` over the ranks and steps the optimizer; one small allreduce
-    then gives the global loss and whether any rank received SIGTERM.
+    Each iteration calls ``task.optimizer.step(closure)``, where ``closure`` zeroes the gradients, calls
+    ``task.loss(iteration)``, runs its backward pass, sums the gradients of ``task.outside_params`` over
+    the ranks and returns the global loss (summed over the ranks, so the same on each).  Optimizers
+    that evaluate once per step (SGD, Adam) call it once; line-search ones such as
+    ``torch.optim.LBFGS(..., line_search_fn="strong_wolfe")`` call it as often as they need, in step
+    on every rank.  One small allreduce then gives the global loss of the iteration's first
+    evaluation (the logged loss) and whether any rank received SIGTERM.
 
     Parameters
     ----------
@@ -200,11 +208,23 @@ class Trainer:
         start = time.perf_counter()
         done_here = 0
         for iteration in range(self.start_iteration, self.iterations + 1):
-            task.optimizer.zero_grad()
-            loss = task.loss(iteration)
-            loss.backward()
-            allreduce_gradients(task.outside_params, self.comm)
-            task.optimizer.step()
+            first: list[torch.Tensor] = []
+
+            def closure(iteration=iteration, first=first) -> torch.Tensor:
+                # one evaluation; line-search optimizers (LBFGS) call it several times per iteration, and
+                # compare the values it returns, so it returns the global loss: identical on every rank,
+                # every rank then takes the same decisions and makes the same number of solves
+                task.optimizer.zero_grad()
+                loss = task.loss(iteration)
+                loss.backward()
+                allreduce_gradients(task.outside_params, self.comm)
+                if not first:
+                    first.append(loss.detach())
+                return torch.tensor(self.comm.allreduce(loss.item()) if self.comm.Get_size() > 1 else loss.item(),
+                                    dtype=loss.dtype)
+
+            task.optimizer.step(closure)
+            loss = first[0]
             # one small allreduce: the global loss, and whether any rank was asked to stop
             total, stop = self.comm.allreduce(np.array([loss.item(), float(self._stop_requested)]))
             steps = int(getattr(getattr(task.solver, "stats", None), "steps", 0))
@@ -214,8 +234,10 @@ class Trainer:
             elapsed = time.perf_counter() - start
             if self.rank == 0 and (iteration % self.log_every == 0 or iteration == self.iterations or stop):
                 eta = elapsed / done_here * (self.iterations - iteration)
+                extra = task.progress() if task.progress is not None else ""
                 self.printer(f"iter {iteration:5d}/{self.iterations}  loss {total:.6e}  steps {steps:4d}  "
-                             f"{elapsed / done_here:6.3f} s/iter  elapsed {elapsed:7.1f}s  eta {eta:7.1f}s")
+                             f"{elapsed / done_here:6.3f} s/iter  elapsed {elapsed:7.1f}s  eta {eta:7.1f}s"
+                             + (f"  {extra}" if extra else ""))
             last = iteration == self.iterations
             if self.checkpoint and (iteration % self.checkpoint_every == 0 or last or stop):
                 self._save(iteration)

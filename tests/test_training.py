@@ -94,3 +94,29 @@ def test_cli_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         main([SCRIPT, *argv])
     assert message in capsys.readouterr().err
+
+
+def test_lbfgs_line_search_takes_the_same_steps_on_every_rank(tmp_path):
+    """The closure returns the global loss, so L-BFGS's strong-Wolfe line search makes the same decisions
+    (and the same number of solves) on every rank: 2 ranks reproduce 1 rank's losses and evaluation
+    counts (to rounding: the ranks' partial sums are added in another order)."""
+    runs = {}
+    for n in (1, 2):
+        checkpoint = str(tmp_path / f"lbfgs{n}.pt")
+        proc = mpiexec(n, ["-m", "pnode.cli", SCRIPT, "--iterations", "4", "--checkpoint", checkpoint, "--",
+                           "--lbfgs"], timeout=120)
+        check(proc)
+        counts = [line.split("evaluations ")[1].strip() for line in proc.stdout.splitlines()
+                  if line.startswith("iter")]
+        runs[n] = (torch.load(checkpoint, weights_only=False)["losses"], counts)
+    (losses1, counts1), (losses2, counts2) = runs[1], runs[2]
+    assert counts1 == counts2 and int(counts1[-1]) > 4     # a line search: more solves than iterations
+    assert losses1[-1] < 0.5 * losses1[0]
+    assert losses2 == pytest.approx(losses1, rel=1e-10)
+
+
+def test_progress_is_appended_to_progress_lines():
+    task = runpy.run_path(SCRIPT)["setup"]([], None)
+    lines = []
+    Trainer(task, 2, printer=lines.append).run()
+    assert [line.split("  ")[-1] for line in lines] == ["evaluations 1", "evaluations 2"]
