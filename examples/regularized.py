@@ -269,7 +269,7 @@ def run_digits(args):
         results[label] = {"loss": float(cross_entropy(test_logits, y_test)),
                           "accuracy": float((test_logits.argmax(1) == y_test).double().mean()),
                           "final_loss": float(cross_entropy(train_logits, y_train)), "train": seconds,
-                          "losses": losses, "train_evals": sum(evals) / len(evals)}
+                          "losses": losses, "evals": evals, "train_evals": sum(evals) / len(evals)}
         models[label] = model
     # prediction: a fresh block per model on the held-out images, the two timed in alternation so
     # that other jobs on the machine slow both alike
@@ -450,15 +450,21 @@ def plot(path, results, draw):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    with_evals = all("evals" in r for r in results.values())    # f evals of every training solve
+    fig, axes = plt.subplots(1, 3 + with_evals, figsize=(5 * (3 + with_evals), 4.5))
     for ax, label in zip(axes[:2], ("plain", "regularized")):
         draw(ax, label)
         ax.set_title(f"{label}: {results[label]['rhs_evals']} f evals per prediction solve")
         ax.legend(fontsize=8)
     for label in ("plain", "regularized"):
         axes[2].semilogy(results[label]["losses"], label=label)
+        if with_evals:
+            axes[3].plot(results[label]["evals"], label=label)
     axes[2].set(title="training loss", xlabel="iteration")
     axes[2].legend(fontsize=8)
+    if with_evals:
+        axes[3].set(title="f evals per training solve", xlabel="iteration")
+        axes[3].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
