@@ -19,7 +19,7 @@ the same optimizer (Adam; --anneal < 1 divides the learning rate by 10 for the l
 on held-out trajectories (posterior means, noiseless targets): interpolation MSE at the unobserved grid
 times inside [0, 5], extrapolation MSE on (5, 10].
 
-    python examples/latent_ode.py --out outputs     # 1000 iterations; 262 s measured at load average 9
+    python examples/latent_ode.py --out outputs     # 1000 iterations; 227 s at load average 5-6, 262 s at 9
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def test_latent_ode_data_are_irregular_and_windowed():
     assert float((data.noisy - data.truth).std()) == pytest.approx(latent_ode.NOISE_STD, rel=0.1)
 
 
-@pytest.mark.parametrize("task", ["digits", "latent", "spiral"])
+@pytest.mark.parametrize("task", ["digits", "latent", "spiral", "twist"])
 def test_regularized_smallest_config(task, tmp_path):
     import regularized
 
@@ -51,7 +51,8 @@ def test_regularized_smallest_config(task, tmp_path):
         pytest.importorskip("sklearn", reason="the digits task needs scikit-learn (the test extra)")
     sizes = {"digits": ["--train-subset", "320", "--epochs", "4", "--batch", "64", "--log-every", "4"],
              "latent": ["--train", "32", "--test", "8", "--batch", "32", "--weight", "100"],
-             "spiral": ["--n-times", "200", "--weight", "3"]}[task]
+             "spiral": ["--n-times", "200", "--weight", "3"],
+             "twist": ["--train", "64", "--test", "32"]}[task]
     results = regularized.main(["--task", task, "--iters", "30", "--repeats", "1", "--log-every", "30",
                                 "--out", str(tmp_path), *sizes])
     table = (tmp_path / "regularized.txt").read_text()
