@@ -377,7 +377,8 @@ def run_twist(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="digits", choices=["digits", "latent", "spiral", "twist"])
-    parser.add_argument("--iters", type=int, default=None, help="default: 500 (latent), 600 (spiral), 400 (twist)")
+    parser.add_argument("--iters", type=int, default=None,
+                        help="default: 500 (latent), 600 (spiral), 400 (twist); digits counts --epochs")
     parser.add_argument("--weight", type=float, default=None, help="initial weight of the regularizer")
     parser.add_argument("--decay", type=float, default=0.75, help="fraction of iterations the weight decays over")
     parser.add_argument("--mode", default="unbiased", choices=["unbiased", "biased"])

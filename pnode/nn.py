@@ -182,8 +182,9 @@ class ODEBlock(nn.Module):
         x : torch.Tensor
             Initial state (a batch; under ``comm`` this rank's shard).
         t : torch.Tensor, optional
-            1-D strictly monotone output times (increasing, or decreasing to integrate backwards), at
-            least two; default ``None``: ``integration_time()``, returning only the last state.
+            1-D strictly monotone output times (increasing, or decreasing to integrate backwards; a
+            single time returns ``x`` alone); default ``None``: ``integration_time()``, returning only
+            the last state.
 
         Returns
         -------
@@ -193,8 +194,7 @@ class ODEBlock(nn.Module):
         Raises
         ------
         pnode.InvalidArgumentError
-            ``t`` is not 1-D, not strictly monotone or has fewer than two times (from
-            :class:`pnode.ODESolver`).
+            ``t`` is empty, not 1-D or not strictly monotone (from :class:`pnode.ODESolver`).
 
         Examples
         --------
