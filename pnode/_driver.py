@@ -151,6 +151,7 @@ class Driver:
     def _pre_step(self, ts) -> None:
         if self.in_adjoint:        # PETSc re-stepping inside TSAdjoint (solution-only trajectories)
             return
+        self.problem.begin_step()
         self.hooks.before_step(self._pass)
         try:
             dt = self._pass.next_step(ts.getStepNumber(), ts.getTime(), ts.getTimeStep())
@@ -378,6 +379,7 @@ class Driver:
         leaves error handling (and, under MPI, the agreement between ranks) to an enclosing :meth:`run`."""
         self.ts.adjointSetSteps(n)
         self.in_adjoint = True
+        self.problem.exact_jacobians(True)
         try:
             if agree:
                 self.run(self.ts.adjointSolve, what="the adjoint")
@@ -385,6 +387,7 @@ class Driver:
                 self.ts.adjointSolve()
         finally:
             self.in_adjoint = False
+            self.problem.exact_jacobians(False)
 
     def add_to_cost_gradient(self, values: np.ndarray) -> None:
         self._sweep.add_to_cost_gradient(values)
