@@ -77,10 +77,10 @@ class DiffraxStep:
     rtol, atol : float
         Step-size controller tolerances (Kvaerno5's Newton solver takes the controller's).
     max_steps : int
-        diffrax's step cap per sample.
+        diffrax's step cap per sample (4096, its default: RecursiveCheckpointAdjoint sizes its checkpoints by it).
     """
 
-    def __init__(self, y0, t, scale, rtol: float, atol: float, max_steps: int = 16384):
+    def __init__(self, y0, t, scale, rtol: float, atol: float, max_steps: int = 4096):
         import diffrax
         import jax
         import jax.numpy as jnp
