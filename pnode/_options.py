@@ -44,8 +44,12 @@ _DOC = {
                "discontinuous at the step times (torchdiffeq's perturb)",
     "solver": "method='scipy_solver' only: scipy.integrate.solve_ivp's method ('RK45' default, 'RK23', 'DOP853', "
               "'Radau', 'BDF', 'LSODA'); forward only",
-    "interp": "torchdiffeq's interpolation of fixed-grid outputs ('linear' or 'cubic'): accepted, and not "
-              "needed: pnode's steps land on every output time, so outputs are scheme values",
+    "interp": "torchdiffeq's interpolation of fixed-grid outputs ('linear' or 'cubic'): the Adams methods "
+              "interpolate outputs between grid points with it; PETSc's methods accept it and need not: their steps "
+              "land on every output time, so outputs are scheme values",
+    # torchdiffeq's Adams options
+    "max_order": "explicit_adams / implicit_adams: highest order of the Adams formulas, 1..12 (default 12)",
+    "max_iters": "implicit_adams: most corrector (functional) iterations per step (default 4)",
 }
 
 
@@ -71,6 +75,9 @@ class SolveOptions:
     safety: float | None = None
     ifactor: float | None = None
     dfactor: float | None = None
+    interp: str = "linear"               # Adams methods: outputs between grid points
+    max_order: int | None = None         # Adams methods (None: 12)
+    max_iters: int | None = None         # implicit_adams (None: 4)
 
     @property
     def adapt(self) -> dict[str, str]:
@@ -139,7 +146,20 @@ class SolveOptions:
                    jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")),
                    keep_graph=bool(options.get("keep_graph")), solver=options.get("solver"),
                    **_step_bounds(options), safety=_positive(options, "safety"),
-                   ifactor=_positive(options, "ifactor"), dfactor=_positive(options, "dfactor"))
+                   ifactor=_positive(options, "ifactor"), dfactor=_positive(options, "dfactor"),
+                   interp=interp or "linear", max_order=_count(options, "max_order", 12),
+                   max_iters=_count(options, "max_iters", None))
+
+
+def _count(options: Mapping, key: str, largest: int | None) -> int | None:
+    """A positive int option (at most ``largest``), or None when absent."""
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (largest is not None and value > largest):
+        bound = f" at most {largest}" if largest is not None else ""
+        raise InvalidArgumentError(f"options[{key!r}] must be a positive int{bound}, got {value!r}")
+    return value
 
 
 def _step_bounds(options: Mapping) -> dict[str, float | None]:
