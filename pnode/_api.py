@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from ._autograd import NoAdjoint, OdeintFunction
 from ._bridge import ParamLayout, StateLayout
 from ._driver import Driver, Lease
 from ._events import EventGradient, EventSpec
+from ._norms import identify as identify_norm
 from ._options import SolveOptions
 from ._petsc import check_scalar_type
 from ._scipy import solve_with_scipy
@@ -275,8 +277,15 @@ class ODESolver:
         objects on a parallel communicator is collective)."""
         if rebuild:
             self._release()       # graphs of earlier calls keep the old driver for their backward()
-            self._driver = Driver(self.func, self.method, self.options, self.rtol, self.atol, self.group,
-                                  self.stats, spec)
+            options, rtol, atol = self.options, self.rtol, self.atol
+            if options.norm is not None and self.method.adaptive:
+                if self.group.distributed:
+                    raise InvalidArgumentError("options['norm'] is not supported with comm= (it is probed on the "
+                                               "local state): drop it, or use -ts_adapt_wnormtype")
+                norm = identify_norm(options.norm, spec.layout)
+                rtol, atol = norm.tolerances(rtol, atol)
+                options = replace(options, norm_type=norm.kind)
+            self._driver = Driver(self.func, self.method, options, rtol, atol, self.group, self.stats, spec)
             self._lease = Lease(self._driver)
             self._driver_key = spec.shape_key
         return self._driver

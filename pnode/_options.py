@@ -37,6 +37,9 @@ _DOC = {
     "step_t": "adaptive methods: times (a tensor) that steps must land on",
     "jump_t": "adaptive methods: times where func jumps: steps land there, the method restarts, and func is "
               "evaluated just inside each step at that time (one-sided, as torchdiffeq)",
+    "norm": "adaptive methods: torchdiffeq's error norm, a callable on the state (tensor or tuple); honoured when it "
+            "is a weighted RMS or max norm (PETSc's adaptor computes those: -ts_adapt_wnormtype 2 / infinity with "
+            "per-component tolerances), refused otherwise; fixed-grid methods ignore it, as torchdiffeq's do",
     # torchdiffeq's fixed-grid options
     "grid_constructor": "fixed-grid methods: grid_constructor(func, y0, t) -> step times from t[0] to t[-1] "
                         "(output times are inserted as steps)",
@@ -78,6 +81,8 @@ class SolveOptions:
     interp: str = "linear"               # Adams methods: outputs between grid points
     max_order: int | None = None         # Adams methods (None: 12)
     max_iters: int | None = None         # implicit_adams (None: 4)
+    norm: object = None                  # torchdiffeq's error norm (a callable), identified per state layout
+    norm_type: str | None = None         # PETSc's -ts_adapt_wnormtype it was identified as
 
     @property
     def adapt(self) -> dict[str, str]:
@@ -85,6 +90,8 @@ class SolveOptions:
         out = {petsc: repr(value) for petsc, value in (("ts_adapt_dt_min", self.min_step),
                                                          ("ts_adapt_dt_max", self.max_step),
                                                          ("ts_adapt_safety", self.safety)) if value is not None}
+        if self.norm_type is not None:
+            out["ts_adapt_wnormtype"] = self.norm_type
         if self.ifactor is not None or self.dfactor is not None:
             out["ts_adapt_clip"] = f"{self.dfactor or 0.1!r},{self.ifactor or 10.0!r}"
         return out
@@ -148,7 +155,15 @@ class SolveOptions:
                    **_step_bounds(options), safety=_positive(options, "safety"),
                    ifactor=_positive(options, "ifactor"), dfactor=_positive(options, "dfactor"),
                    interp=interp or "linear", max_order=_count(options, "max_order", 12),
-                   max_iters=_count(options, "max_iters", None))
+                   max_iters=_count(options, "max_iters", None), norm=_norm(options))
+
+
+def _norm(options: Mapping):
+    norm = options.get("norm")
+    if norm is not None and not callable(norm):
+        raise InvalidArgumentError(f"options['norm'] must be callable as norm(state) -> 0-dim tensor, got "
+                                   f"{type(norm).__name__}")
+    return norm
 
 
 def _count(options: Mapping, key: str, largest: int | None) -> int | None:
