@@ -319,7 +319,10 @@ class AdamsSolve:
             y1, f0 = _Recomputed.apply(compute, self._adjoint_hook(t0, t1), 3 + len(history), t0, t1, y, *history,
                                        *self.spec.params)
         elif self.graph:
-            y1, f0 = _AdjointHook.apply(self._adjoint_hook(t0, t1), *compute(t0, t1, y, *history))
+            y1, f0 = compute(t0, t1, y, *history)
+            hook = self._adjoint_hook(t0, t1)
+            if hook is not None:
+                y1, f0 = _AdjointHook.apply(hook, y1, f0)
         else:
             with torch.no_grad():
                 y1, f0 = compute(t0, t1, y, *history)
@@ -510,12 +513,11 @@ class _AdjointHook(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hook, y1, f0):
         ctx.hook = hook
-        return y1.view_as(y1), f0.view_as(f0)
+        return y1.clone(), f0.clone()
 
     @staticmethod
     def backward(ctx, grad_y1, grad_f0):
-        if ctx.hook is not None:
-            ctx.hook((grad_y1, grad_f0))
+        ctx.hook((grad_y1, grad_f0))
         return None, grad_y1, grad_f0
 
 
