@@ -320,7 +320,7 @@ class AdamsSolve:
                                        *self.spec.params)
         elif self.graph:
             y1, f0 = compute(t0, t1, y, *history)
-            hook = self._adjoint_hook(t0, t1)
+            hook = self._adjoint_hook(t0, t1, counting=False)
             if hook is not None:
                 y1, f0 = _AdjointHook.apply(hook, y1, f0)
         else:
@@ -339,17 +339,22 @@ class AdamsSolve:
         if hook is not None:
             hook(*args)
 
-    def _adjoint_hook(self, t0: torch.Tensor, t1: torch.Tensor):
-        if self.callbacks is None or "callback_step_adjoint" not in self.callbacks.hooks:
+    def _adjoint_hook(self, t0: torch.Tensor, t1: torch.Tensor, counting: bool = True):
+        """What a step's backward does first: count itself (``counting``, the re-evaluating backward) and
+        call ``callback_step_adjoint``; ``None`` when there is nothing to do."""
+        calls = self.callbacks is not None and "callback_step_adjoint" in self.callbacks.hooks
+        if not calls and not counting:
             return None
-        layout, sign, field = self.spec.layout, self.spec.sign, self.field
+        layout, sign, field, stats = self.spec.layout, self.spec.sign, self.field, self.stats
         t_end, back = field.user_time(t1.detach()), sign * (t0 - t1).detach()
-        stats = self.stats
 
         def hook(grads):
-            lam = grads[0] if grads[0] is not None else torch.zeros(layout.size, dtype=PETSC_DTYPE)
-            stats.vjp_evals += 1
-            self._call_hook("callback_step_adjoint", t_end, layout.unflatten(lam.detach()), back)
+            if counting:
+                stats.vjp_evals += 1
+                stats.recomputed_steps += 1
+            if calls:
+                lam = grads[0] if grads[0] is not None else torch.zeros(layout.size, dtype=torch.float64)
+                self._call_hook("callback_step_adjoint", t_end, layout.unflatten(lam.detach()), back)
 
         return hook
 
@@ -474,7 +479,10 @@ class AdamsSolve:
                         lo = mid
                     else:
                         hi = mid
-                root = 0.5 * (lo + hi)
+                # the last time before the crossing (within the bisection's resolution): the event state
+                # keeps the initial sign, so a solve restarted there after a jump does not see the same
+                # crossing again
+                root = lo
                 if best is None or root < best:
                     best, index = root, i
         root = torch.tensor(best, dtype=torch.float64)

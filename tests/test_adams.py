@@ -288,3 +288,22 @@ def test_comm_is_refused_clearly_on_two_ranks():
     proc = mpiexec(2, ["-c", WORKER], timeout=120)
     check(proc)
     assert proc.stdout.count("refused") == 2
+
+
+@pytest.mark.parametrize("method", ["explicit_adams", "implicit_adams"])
+def test_bouncing_ball_events_with_jumps(method):
+    """Non-terminal events restart the Adams solve after each bounce (the event state keeps its sign, so
+    the restarted solve does not find the same bounce again); first bounce at sqrt(2 h / g), exact here
+    (RK4, AB and cubic Hermite are exact for a parabola), with d t1 / d h = 1 / (g t1)."""
+    g = 9.81
+    ball = lambda t, y: torch.stack([y[1], torch.full_like(y[0], -g)])  # noqa: E731
+    y0 = torch.tensor([5.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0, 3, 4, dtype=torch.float64)
+    ys, bounces = pnode.odeint_with_jumps(ball, y0, t, event_fn=lambda t, y: y[0],
+                                          jump=lambda t, y: torch.stack([y[0], -0.8 * y[1]]), adjoint_params=(),
+                                          method=method, options={"step_size": 0.01, "interp": "cubic"})
+    first = math.sqrt(2 * 5.0 / g)
+    assert len(bounces) == 2 and abs(bounces[0].item() - first) < 1e-12
+    assert abs(bounces[1].item() - 2.6 * first) < 1e-4      # then 2 e v1 / g later
+    (grad,) = torch.autograd.grad(bounces[0], y0)
+    assert abs(grad[0].item() - 1 / (g * first)) < 1e-10
