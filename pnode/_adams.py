@@ -251,7 +251,7 @@ def check_options(method: str, options: SolveOptions) -> None:
                                    f"for method={method!r} (as in torchdiffeq): give one")
     if options.max_order is not None and options.max_order <= START_SLOPES:
         warnings.warn(f"options['max_order']={options.max_order} is below {START_SLOPES + 1}: every step of "
-                      f"{method!r} is then the RK4 start (as in torchdiffeq)", stacklevel=4)
+                      f"{method!r} is then the RK4 start (as in torchdiffeq)", stacklevel=3)
     if options.max_iters is not None and method == "explicit_adams":
         raise InvalidArgumentError("options['max_iters'] sets the corrector iterations of implicit_adams; "
                                    "explicit_adams has no corrector: remove it")
@@ -512,7 +512,7 @@ class AdamsSolve:
         if self.unconverged:
             warnings.warn(f"implicit_adams: the corrector's functional iteration did not converge in "
                           f"{self.unconverged} step(s) within max_iters={self.scheme.max_iters}; the solution may be "
-                          "inaccurate (smaller steps, or a larger options['max_iters'])", stacklevel=5)
+                          "inaccurate (smaller steps, or a larger options['max_iters'])", stacklevel=7)
 
 
 class _AdjointHook(torch.autograd.Function):
