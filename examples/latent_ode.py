@@ -8,9 +8,10 @@ observation times differ from one trajectory to the next.
 
 Model (a VAE): a GRU encoder runs backwards in time over each trajectory's observations (the hidden state
 is updated at observed times only, with the time gap as an input) and gives q(z0 | x) = N(mu, sigma^2);
-the latent state z(t) follows dz/dt = f(z), an MLP, solved by pnode (dopri5, discrete adjoint) for the
-whole batch at once; a small MLP decodes z(t) into x(t).  Loss: the negative ELBO with a Gaussian
-likelihood (std 0.05) on the observed points and the KL divergence to N(0, I).
+the latent state z(t) follows dz/dt = f(z), an MLP in a ``pnode.nn.ODEBlock`` called with the grid
+times (``block(z0, t)``: the latent trajectory; dopri5, PETSc's discrete adjoint) for the whole batch at
+once; a small MLP decodes z(t) into x(t).  Loss: the negative ELBO with a Gaussian likelihood (std
+0.05) on the observed points and the KL divergence to N(0, I).
 
 Baseline: the same encoder and VAE loss, but the latent trajectory comes from a GRU rolled forward over
 the time grid (input: the time step), not from an ODE; trained for the same number of iterations with
@@ -18,7 +19,7 @@ the same optimizer (Adam; --anneal < 1 divides the learning rate by 10 for the l
 on held-out trajectories (posterior means, noiseless targets): interpolation MSE at the unobserved grid
 times inside [0, 5], extrapolation MSE on (5, 10].
 
-    python examples/latent_ode.py --out outputs     # 1000 iterations; 262 s measured at load average 9
+    python examples/latent_ode.py --out outputs     # 1000 iterations; 227 s at load average 5-6, 262 s at 9
 """
 
 from __future__ import annotations
@@ -105,20 +106,32 @@ def decoder(latent: int, width: int) -> nn.Module:
 
 
 class LatentODE(nn.Module):
+    """Encoder, latent ``pnode.nn.ODEBlock`` (dz/dt = f(z), the trajectory at the grid times), decoder."""
+
     def __init__(self, latent: int = 4, hidden: int = 25, width: int = 32, rtol: float = 1e-4,
                  atol: float = 1e-5, method: str = "dopri5"):
         super().__init__()
         self.encoder = BackwardGRUEncoder(latent, hidden)
         self.dynamics = LatentDynamics(latent, width)
         self.decode = decoder(latent, width)
-        # one solver for training solves, one for predictions (each keeps its own statistics)
-        self.solver = pnode.ODESolver(self.dynamics, method=method, rtol=rtol, atol=atol)
-        self.predictor = pnode.ODESolver(self.dynamics, method=method, rtol=rtol, atol=atol)
+        # two blocks on the same field (parameters shared): one for training solves, one for
+        # predictions, so each keeps its own solver statistics
+        self.latent_ode = pnode.nn.ODEBlock(self.dynamics, method=method, rtol=rtol, atol=atol)
+        self.prediction_ode = pnode.nn.ODEBlock(self.dynamics, method=method, rtol=rtol, atol=atol)
+
+    @property
+    def solver(self) -> pnode.ODESolver:
+        """The training block's solver (its ``stats`` and ``step_times`` describe the latest solve)."""
+        return self.latent_ode.solver
+
+    @property
+    def predictor(self) -> pnode.ODESolver:
+        return self.prediction_ode.solver
 
     def latent_path(self, z0: torch.Tensor, t: torch.Tensor, predict: bool = False) -> torch.Tensor:
-        """z at every time of ``t`` (shape (N, T, latent)); the solver's own output, (T, N, latent), is
-        kept as ``last_solution`` (what pnode.local_error_regularizer takes)."""
-        self.last_solution = (self.predictor if predict else self.solver)(z0, t)
+        """z at every time of ``t`` (shape (N, T, latent)); the block's own output, (T, N, latent), is
+        kept as ``last_solution`` (what pnode.local_error_regularizer takes with ``solver``)."""
+        self.last_solution = (self.prediction_ode if predict else self.latent_ode)(z0, t)
         return self.last_solution.transpose(0, 1)
 
 

@@ -152,6 +152,7 @@ class Driver:
     def _pre_step(self, ts) -> None:
         if self.in_adjoint:        # PETSc re-stepping inside TSAdjoint (solution-only trajectories)
             return
+        self.problem.begin_step()
         self.hooks.before_step(self._pass)
         run = self._pass
         if run.min_step is not None and run.capturing:
@@ -425,6 +426,7 @@ class Driver:
         leaves error handling (and, under MPI, the agreement between ranks) to an enclosing :meth:`run`."""
         self.ts.adjointSetSteps(n)
         self.in_adjoint = True
+        self.problem.exact_jacobians(True)
         try:
             if agree:
                 self.run(self.ts.adjointSolve, what="the adjoint")
@@ -432,6 +434,7 @@ class Driver:
                 self.ts.adjointSolve()
         finally:
             self.in_adjoint = False
+            self.problem.exact_jacobians(False)
 
     def add_to_cost_gradient(self, values: np.ndarray) -> None:
         self._sweep.add_to_cost_gradient(values)

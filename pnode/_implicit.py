@@ -20,6 +20,7 @@ from ._bridge import ParamLayout
 from ._failures import CallbackErrors, guarded
 from ._field import VectorField
 from ._jacobian import make_strategy
+from ._newton import WeightedNewtonTest
 from ._options import SolveOptions
 from ._rhs import RHSProblem
 from ._shells import ParamJacobian
@@ -75,6 +76,8 @@ class ImplicitProblem:
         self.strategy = make_strategy(options.jacobian, self.implicit_field, n_local, group, errors,
                                       ts_type=method.ts_type)
         self.J = self.strategy.matrix
+        self._newton_test: WeightedNewtonTest | None = None
+        self.exact_jacobians(False)
         self._point_p: tuple[float, torch.Tensor] | None = None
         self._residual = self.J.createVecRight()
         self._param_shell = (ParamJacobian(self.param_vjp, n_local, self.J.getSize()[0], params.size, group)
@@ -99,8 +102,31 @@ class ImplicitProblem:
         elif self.method.imex:
             ts.setARKIMEXFullyImplicit(True)
         self.strategy.configure(ts.getSNES().getKSP())
+        if self.options.newton == "chord":
+            self._free_newton_test()
+            self._newton_test = WeightedNewtonTest(ts, self.errors, self.strategy)
+            ts.getSNES().setConvergenceTest(self._newton_test)
+
+    def _free_newton_test(self) -> None:
+        if self._newton_test is not None:
+            self._newton_test.free()
+            self._newton_test.ts = None
+            self._newton_test = None
+
+    def begin_step(self) -> None:
+        """A forward step starts: chord Newton evaluates this step's Jacobian afresh."""
+        self.strategy.new_step()
+
+    def exact_jacobians(self, exact: bool) -> None:
+        """The adjoint needs every stage's exact Jacobian; forward steps may reuse one per step (chord)."""
+        self.strategy.reuse = self.options.newton == "chord" and not exact
+        # the adjoint's parameter VJPs at a stage run on the graph of that stage's Jacobian
+        self.implicit_field.keep_point_graph = exact
+        if not exact:
+            self.implicit_field.drop_point_graph()
 
     def destroy(self) -> None:
+        self._free_newton_test()
         self.strategy.free()
         self._residual.destroy()
         if self._param_shell is not None:

@@ -55,7 +55,14 @@ class _ZeroShell:
 
 
 class JacobianStrategy:
-    """Base: holds the point, shift and scale of the current ``A`` and is the shell Mat's context."""
+    """Base: holds the point, shift and scale of the current ``A`` and is the shell Mat's context.
+
+    Chord Newton (``options['newton'] = 'chord'``): while :attr:`reuse` is on (the driver turns it on
+    for forward steps, off for the adjoint), ``dg/dy`` is evaluated at the first Newton iteration of a
+    step and kept for that step's remaining iterations and stages; a new shift (another stage
+    coefficient, a retried step) only re-forms ``A = shift*I - dg/dy``.  Newton then converges linearly
+    to the same residual tolerance.  The adjoint's transposed solves always get the exact Jacobian at
+    each stage, so the gradient stays the discrete adjoint of the computed forward steps."""
 
     name = ""
     option_defaults: dict[str, str] = {}
@@ -69,6 +76,10 @@ class JacobianStrategy:
         self.tau = 0.0
         self.x = torch.zeros(n, dtype=torch.float64)
         self.matrix = self._create_matrix(n, group)
+        self.reuse = False          # chord Newton in forward steps (set by the driver)
+        self._kept = False          # dg/dy of the current step is held
+        self._pristine = False      # A is exactly shift*I - dg/dy (PETSc has not scaled it since)
+        self.fresh = False          # the latest update evaluated dg/dy at its own point
 
     def _create_matrix(self, n: int, group: RankGroup) -> PETSc.Mat:
         """The Mat PETSc solves with: a Python shell whose context is this strategy."""
@@ -83,10 +94,32 @@ class JacobianStrategy:
         """The strategy for ``field`` with ``n`` unknowns on this rank (raises for unsuited states)."""
         return cls(field, n, group, errors)
 
+    def new_step(self) -> None:
+        """A step starts: the next :meth:`update` evaluates ``dg/dy`` again."""
+        self._kept = False
+
     # called from the IJacobian callback
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
+        # a new shift is a retried step (smaller) or another stage coefficient: evaluate afresh
+        if self.reuse and self._kept and shift == self.shift:
+            self.fresh = False
+            self.field.stats.jacobian_reuses += 1
+            if not self._pristine:
+                self.factor = 1.0
+                self._form()
+                self._pristine = True
+            return
         self.tau, self.shift, self.factor = tau, shift, 1.0
         self.x.copy_(torch.from_numpy(x))
+        self._evaluate()
+        self._form()
+        self._kept = self._pristine = self.fresh = True
+
+    def _evaluate(self) -> None:
+        """Evaluate ``dg/dy`` (or what stands for it) at ``(self.tau, self.x)``."""
+
+    def _form(self) -> None:
+        """Form ``A = shift*I - dg/dy`` (times ``factor``) from what :meth:`_evaluate` kept."""
 
     def configure(self, ksp) -> None:
         """Set the Krylov method and preconditioner (before PETSc reads the options database)."""
@@ -97,6 +130,7 @@ class JacobianStrategy:
     # --- shell methods PETSc calls ---------------------------------------------------------------
     def scale(self, mat, alpha):
         self.factor *= alpha
+        self._pristine = False
 
     def duplicate(self, mat, op):
         zero = PETSc.Mat().createPython(mat.getSizes(), _ZeroShell(), comm=mat.getComm())
@@ -136,8 +170,7 @@ class MatrixFree(JacobianStrategy):
         super().__init__(field, n, group, errors)
         self._linear = None
 
-    def update(self, tau: float, x: np.ndarray, shift: float) -> None:
-        super().update(tau, x, shift)
+    def _evaluate(self) -> None:
         self._linear = None     # built at the first product: the graph at this point serves them all
 
     def _product(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
@@ -158,6 +191,7 @@ class BlockDiagonal(JacobianStrategy):
         self.n_blocks = n_blocks
         self.d = n // n_blocks
         self.blocks: torch.Tensor | None = None
+        self._jac: torch.Tensor | None = None        # dg/dy blocks at (tau, x)
         self._lu: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eye = torch.eye(self.d, dtype=torch.float64)
 
@@ -171,15 +205,17 @@ class BlockDiagonal(JacobianStrategy):
                 "Use 'dense' or 'matrix_free' for other states")
         return cls(field, n, group, errors, n_blocks=layout.shapes[0][0])
 
-    def update(self, tau: float, x: np.ndarray, shift: float) -> None:
-        super().update(tau, x, shift)
-        jac = self.field.jacobian_blocks(tau, self.x, self.n_blocks)
-        self.blocks = shift * self._eye - jac
+    def _evaluate(self) -> None:
+        self._jac = self.field.jacobian_blocks(self.tau, self.x, self.n_blocks)
+
+    def _form(self) -> None:
+        self.blocks = self.shift * self._eye - self._jac
         self._lu = None
 
     def scale(self, mat, alpha):
         self.blocks = self.blocks * alpha   # kept in the blocks, so the LU sees it too
         self._lu = None
+        self._pristine = False
 
     def configure(self, ksp) -> None:
         ksp.getPC().setType(PETSc.PC.Type.PYTHON)
@@ -272,9 +308,15 @@ class Assembled(JacobianStrategy):
                          + local_columns[None, :]).reshape(-1)
         return matrix
 
+    def _evaluate(self) -> None:
+        self._jac = self.field.jacobian_blocks(self.tau, self.x, self.n_blocks)
+
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
+        self._pristine = False      # PETSc operates on an AIJ matrix directly (MatScale, MatShift)
         super().update(tau, x, shift)
-        blocks = shift * self._eye - self.field.jacobian_blocks(tau, self.x, self.n_blocks)
+
+    def _form(self) -> None:
+        blocks = self.shift * self._eye - self._jac
         # row b*d + i of the matrix is row i of block b: the blocks, row-major, are the CSR values
         self.matrix.setValuesCSR(self._row_starts, self._columns, blocks.reshape(-1).numpy())
         self.matrix.assemble()

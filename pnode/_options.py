@@ -24,6 +24,9 @@ _DOC = {
                 "independent samples: per-sample blocks, exact batched LU), 'dense', or assembled in a PETSc AIJ "
                 "matrix: 'aij' (dense rows) / 'aij_batched' (per-sample blocks); default: dense up to 64 "
                 "unknowns, matrix_free above; 'aij' for gl4, gl6, radauIIA3, radauIIA5 (which need aij*)",
+    "newton": "implicit methods: 'chord' (default: the forward pass evaluates the Jacobian once per step and "
+              "reuses it for that step's Newton iterations; the adjoint always uses each stage's exact Jacobian) "
+              "or 'full' (a new Jacobian at every Newton iteration)",
     "theta": "theta of method='theta' (default 0.5)",
     "keep_graph": "explicit methods: keep every stage's autograd graph from the forward pass for the adjoint "
                   "(no re-evaluation: about the speed and the memory of backpropagation through the solver; "
@@ -56,6 +59,9 @@ _DOC = {
 }
 
 
+NEWTON_VARIANTS = ("chord", "full")
+
+
 @dataclass(frozen=True)
 class SolveOptions:
     step_size: float | None = None
@@ -64,6 +70,7 @@ class SolveOptions:
     petsc: dict[str, str] = field(default_factory=dict)
     checkpoints: CheckpointPolicy | None = None     # parsed once, here
     jacobian: str | None = None
+    newton: str = "chord"
     theta: float | None = None
     adjoint_rtol: float | None = None     # the transposed linear solves of implicit methods
     adjoint_atol: float | None = None
@@ -136,6 +143,9 @@ class SolveOptions:
             names = ", ".join(map(repr, JACOBIAN_STRATEGIES))
             raise InvalidArgumentError(f"options['jacobian'] must be one of {names} or None (default), "
                                        f"got {jacobian!r}")
+        newton = options.get("newton", cls.newton)
+        if newton not in NEWTON_VARIANTS:
+            raise InvalidArgumentError(f"options['newton'] must be 'chord' or 'full', got {newton!r}")
         theta = _positive(options, "theta")
         if theta is not None and theta > 1:
             raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
@@ -149,7 +159,7 @@ class SolveOptions:
             raise InvalidArgumentError("options['grid_constructor'] must be callable as grid_constructor(func, y0, t), "
                                        f"got {type(grid).__name__}")
         return cls(step_size, first_step, max_steps, normalise_petsc_options(options.get("petsc")), checkpoints,
-                   jacobian, theta, step_t=_times(options, "step_t"),
+                   jacobian, newton, theta, step_t=_times(options, "step_t"),
                    jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")),
                    keep_graph=bool(options.get("keep_graph")), solver=options.get("solver"),
                    **_step_bounds(options), safety=_positive(options, "safety"),

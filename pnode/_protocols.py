@@ -27,6 +27,12 @@ class Problem(Protocol):
     def install(self, ts: PETSc.TS) -> None:
         """Give ``ts`` this problem's callbacks and Jacobians (and its KSP/PC defaults)."""
 
+    def begin_step(self) -> None:
+        """A forward step starts (implicit methods: chord Newton evaluates the step's Jacobian afresh)."""
+
+    def exact_jacobians(self, exact: bool) -> None:
+        """``True`` while the adjoint runs: every stage's Jacobian is evaluated exactly."""
+
     def destroy(self) -> None:
         """Free every PETSc object the problem created."""
 

@@ -96,6 +96,12 @@ class RHSProblem:
         out.stateIncrease()
 
     # --- wiring --------------------------------------------------------------------------------
+    def begin_step(self) -> None:
+        """Explicit steps hold no Jacobian between Newton iterations (there are none)."""
+
+    def exact_jacobians(self, exact: bool) -> None:
+        """Explicit steps need no stage Jacobian in the forward pass."""
+
     def install(self, ts) -> None:
         ts.setRHSFunction(self.rhs, self._work)
         ts.setRHSJacobian(self.rhs_jacobian, self.J, self.J)

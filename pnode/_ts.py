@@ -21,6 +21,8 @@ from .methods import Method, by_petsc_type, running_tableau, set_tableau
 # a replay steps exactly by recorded step times: no controller, which would also leave its own proposal,
 # not the step taken, in PETSc's trajectory (wrong adjoint at a segment's first step)
 _REPLAY = {"ts_adapt_type": "none"}
+# failed Newton solves an adaptive chord-Newton solve may retry (measured: van der Pol mu=1000 needs 1)
+SNES_FAILURE_BUDGET = 10
 
 
 class TimeStepper:
@@ -51,6 +53,12 @@ class TimeStepper:
             fixed = self.options.step_size is not None or not self.method.adaptive
             self._defaults = {"ts_adapt_type": "none" if fixed else "basic", "ts_trajectory_type": "memory",
                               **self.options.adapt, **self.problem.option_defaults}
+            if not fixed and self.method.implicit and self.options.newton == "chord":
+                # a Newton solve that fails on a step's kept Jacobian rejects the step, which is retried
+                # smaller with a fresh one (PETSc's default ends the solve at the first failure).  A
+                # budget, not unlimited: a func that returns NaN past some time would otherwise be chased
+                # with ever smaller steps (PETSc's SNES stops on a NaN residual before any test of ours)
+                self._defaults["ts_max_snes_failures"] = str(SNES_FAILURE_BUDGET)
             ts.setPreStep(self._pre_step)
             ts.setPostStep(self._post_step)
             if self._events is not None:

@@ -2,7 +2,8 @@
 normalizing flow.
 
 * :class:`ODEBlock` maps an input ``x`` to the state at ``t1`` of ``dy/dt = func(t, y)``, ``y(0) = x``
-  (a continuous-depth layer, as in the neural ODE paper's classifiers), with one reused PETSc solver.
+  (a continuous-depth layer, as in the neural ODE paper's classifiers), or to the trajectory at given
+  output times (``block(x, t)``: a latent ODE's latent path), with one reused PETSc solver.
 * :class:`CNF` is a continuous normalizing flow (FFJORD): ``log p(x) = log N(z(t1); 0, I) - Delta(t1)``
   where ``dz/dt = net(t, z)``, ``z(0) = x`` and ``dDelta/dt = -tr(d net / dz)``.  The divergence is exact
   (one reverse pass per dimension) or Hutchinson's estimate ``e^T (d net/dz) e`` with noise ``e`` drawn
@@ -93,7 +94,8 @@ class _SolverSlot:
 
 
 class ODEBlock(nn.Module):
-    """A continuous-depth layer: ``x -> y(t1)`` where ``dy/dt = func(t, y)`` and ``y(0) = x``.
+    """A continuous-depth layer: ``x -> y(t1)`` where ``dy/dt = func(t, y)`` and ``y(0) = x``; or, called
+    as ``block(x, t)``, the trajectory ``y(t_k)`` at given output times (see :meth:`forward`).
 
     The block keeps one :class:`pnode.ODESolver` and reuses its PETSc objects across calls; it is
     rebuilt only when ``method``, ``rtol``, ``atol``, ``options`` or ``comm`` change (they are plain
@@ -165,20 +167,48 @@ class ODEBlock(nn.Module):
         return torch.tensor([0.0, self.t1], dtype=dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
-        """The state at ``t1`` (shape of ``x``), or with ``t`` given the states at every time of ``t``
-        (shape ``(len(t), *x.shape)``, ``t[0]`` being the time of ``x``; torchdiffeq's ``odeint``).
+        """The state at ``t1``, or with ``t`` given the trajectory at every time of ``t``.
+
+        Without ``t`` the block integrates ``[0, t1]`` and returns ``y(t1)``, shaped like ``x`` (a layer).
+        With ``t`` it returns ``y`` at each time of ``t``, shaped ``(len(t), *x.shape)``, row 0 being
+        ``x`` itself at ``t[0]``: torchdiffeq's ``odeint(func, x, t)`` (the latent trajectory of a latent
+        ODE, a forecast at several horizons).  ``t1`` is then not used.  pnode's output times are step
+        boundaries, so every time of ``t`` ends a step (more output times can mean more steps).
+        Gradients of a loss on any rows reach ``x`` and ``func``'s parameters (and ``t``, if it
+        requires grad) through PETSc's discrete adjoint.
 
         Parameters
         ----------
         x : torch.Tensor
             Initial state (a batch; under ``comm`` this rank's shard).
         t : torch.Tensor, optional
-            Strictly monotone output times; default ``integration_time()``, returning only the last state.
+            1-D strictly monotone output times (increasing, or decreasing to integrate backwards; a
+            single time returns ``x`` alone); default ``None``: ``integration_time()``, returning only
+            the last state.
 
         Returns
         -------
         torch.Tensor
-            ``y(t1)``, or ``y`` at every time of ``t``.
+            ``y(t1)`` (shape of ``x``), or ``y`` at every time of ``t`` (shape ``(len(t), *x.shape)``).
+
+        Raises
+        ------
+        pnode.InvalidArgumentError
+            ``t`` is empty, not 1-D or not strictly monotone (from :class:`pnode.ODESolver`).
+
+        Examples
+        --------
+        >>> import torch, pnode
+        >>> class Decay(torch.nn.Module):
+        ...     def forward(self, t, y):
+        ...         return -y
+        >>> block = pnode.nn.ODEBlock(Decay(), rtol=1e-10, atol=1e-12)
+        >>> x = torch.ones(2, 3, dtype=torch.float64)
+        >>> ys = block(x, torch.tensor([0.0, 0.5, 2.0], dtype=torch.float64))
+        >>> ys.shape
+        torch.Size([3, 2, 3])
+        >>> [round(float(v), 6) for v in ys[:, 0, 0]]       # exp(-t)
+        [1.0, 0.606531, 0.135335]
         """
         if t is None:
             time_dtype = x.dtype if x.is_floating_point() else torch.float64

@@ -33,6 +33,9 @@ class SolveStats:
     jacobian_assemblies : int
         Jacobian evaluations (dense or per-sample blocks; each Newton iteration of the assembled
         strategies, and each stage of the adjoint).
+    jacobian_reuses : int
+        Newton iterations of forward steps that reused the step's Jacobian instead (chord Newton,
+        ``options['newton'] = 'chord'``).
     newton_iterations : int
         Nonlinear iterations of the forward solve.
     krylov_iterations : int
@@ -76,6 +79,7 @@ class SolveStats:
     vjp_fallbacks: int = 0
     jvp_evals: int = 0
     jacobian_assemblies: int = 0
+    jacobian_reuses: int = 0
     newton_iterations: int = 0
     krylov_iterations: int = 0
     nonlinear_solve_failures: int = 0
@@ -105,7 +109,7 @@ class SolveStats:
 
     def __str__(self) -> str:
         implicit = (f", {self.newton_iterations} Newton / {self.krylov_iterations} Krylov its, "
-                    f"{self.jacobian_assemblies} Jacobians, {self.jvp_evals} JVPs"
+                    f"{self.jacobian_assemblies} Jacobians ({self.jacobian_reuses} reused), {self.jvp_evals} JVPs"
                     if self.newton_iterations else "")
         return (f"{self.method} ({self.ts_type}): {self.steps} steps ({self.rejected_steps} rejected), "
                 f"{self.rhs_evals} f evals, {self.vjp_evals} VJPs{implicit}, forward {self.forward_time:.3g}s, "

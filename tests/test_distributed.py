@@ -77,12 +77,14 @@ def test_checkpointed_adjoint_matches_store_all_on_every_rank_count(rank_runs, n
 def test_checkpointed_implicit_adjoint_matches_store_all(rank_runs, n):
     # Replays restart ARKIMEX at checkpoints, where PETSc solves for the first stage's slope f(t_n, y_n)
     # instead of carrying the previous step's last-stage slope, which satisfies it only to the Newton
-    # tolerance (snes_rtol 1e-8, converged quadratically: measured 1e-12 .. 4e-12 relative in the gradient
-    # at these tolerances, 1e-15 with Newton solved to rounding, see tests/test_checkpointing.py)
+    # tolerance; chord Newton also evaluates its step Jacobian at that restart point instead.  Chord Newton
+    # stops at 1e-4 of the step tolerance (rtol 1e-5 here): measured 1.7e-10 relative in the gradient
+    # (full Newton, converged quadratically: 1e-12 .. 4e-12; Newton solved to rounding: 1e-15, see
+    # tests/test_checkpointing.py)
     runs = rank_runs[n]
     store_all = runs["arkimex4_adaptive_batched/grad_params"]
     checkpointed = runs["arkimex4_adaptive_batched_checkpointed/grad_params"]
-    assert np.abs(checkpointed - store_all).max() <= 1e-10 * np.abs(store_all).max()
+    assert np.abs(checkpointed - store_all).max() <= 1e-9 * np.abs(store_all).max()
 
 
 @pytest.fixture(scope="module")

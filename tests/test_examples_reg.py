@@ -43,12 +43,16 @@ def test_latent_ode_data_are_irregular_and_windowed():
     assert float((data.noisy - data.truth).std()) == pytest.approx(latent_ode.NOISE_STD, rel=0.1)
 
 
-@pytest.mark.parametrize("task", ["latent", "spiral"])
+@pytest.mark.parametrize("task", ["digits", "latent", "spiral", "twist"])
 def test_regularized_smallest_config(task, tmp_path):
     import regularized
 
-    sizes = (["--train", "32", "--test", "8", "--batch", "32", "--weight", "100"] if task == "latent" else
-             ["--n-times", "200", "--weight", "3"])
+    if task == "digits":
+        pytest.importorskip("sklearn", reason="the digits task needs scikit-learn (the test extra)")
+    sizes = {"digits": ["--train-subset", "320", "--epochs", "4", "--batch", "64", "--log-every", "4"],
+             "latent": ["--train", "32", "--test", "8", "--batch", "32", "--weight", "100"],
+             "spiral": ["--n-times", "200", "--weight", "3"],
+             "twist": ["--train", "64", "--test", "32"]}[task]
     results = regularized.main(["--task", task, "--iters", "30", "--repeats", "1", "--log-every", "30",
                                 "--out", str(tmp_path), *sizes])
     table = (tmp_path / "regularized.txt").read_text()
@@ -61,6 +65,8 @@ def test_regularized_smallest_config(task, tmp_path):
         assert last < first, (label, first, last)
     # the regularizer changed training (same batches, same initialization)
     assert results["plain"]["losses"][5:] != results["regularized"]["losses"][5:]
+    if task == "digits":
+        assert 0.0 <= results["regularized"]["accuracy"] <= 1.0 and "test cross-entropy" in table
 
 
 def test_weight_schedule_decays_to_zero():
