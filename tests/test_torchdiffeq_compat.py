@@ -352,6 +352,16 @@ def test_norm_of_one_part_of_a_tuple_state_controls_that_part_only():
     assert calls and calls[0] == ((2,), (2, 2))
 
 
+def test_norm_on_implicit_methods_uniform_only():
+    f = lambda t, y: (-y[0], -2 * y[1])  # noqa: E731
+    y0 = (torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ys = pnode.odeint(f, y0, t, method="arkimex3", options={"norm": lambda s: 3 * torch.cat(s).abs().max()})
+    assert (ys[0][-1] - math.exp(-1)).abs().max() < 1e-5
+    with pytest.raises(pnode.InvalidArgumentError, match="uniform"):
+        pnode.odeint(f, y0, t, method="arkimex3", options={"norm": lambda s: s[0].pow(2).mean().sqrt()})
+
+
 def test_norm_petsc_cannot_compute_is_refused():
     with pytest.raises(pnode.InvalidArgumentError, match="weighted RMS"):
         _steps(norm=lambda x: x.abs().sum())
