@@ -284,12 +284,6 @@ class ODESolver:
                                                "local state): drop it, or use -ts_adapt_wnormtype")
                 norm = identify_norm(options.norm, spec.layout)
                 rtol, atol = norm.tolerances(rtol, atol)
-                if self.method.implicit and not isinstance(rtol, float):
-                    raise InvalidArgumentError(
-                        f"options['norm'] weights the state's components unequally (per-component tolerances); "
-                        f"method={self.method.name!r} stops its Newton iterations in the controller's norm with "
-                        "scalar tolerances, so implicit methods take only a uniform RMS or max norm (c * rms, "
-                        "c * max): use an explicit method, or a uniform norm")
                 options = replace(options, norm_type=norm.kind)
             self._driver = Driver(self.func, self.method, options, rtol, atol, self.group, self.stats, spec)
             self._lease = Lease(self._driver)
