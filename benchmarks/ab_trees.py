@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 CHILD = r'''
 import json
@@ -22,6 +23,8 @@ from _common import time_steps   # benchmarks/ is put on the path by the parent
 
 import pnode
 
+# the tree under test must be the one imported (a stray checkout on sys.path would make A equal B)
+assert pnode.__file__.startswith(sys.argv[3]), (pnode.__file__, sys.argv[3])
 torch.set_num_threads(1)
 torch.manual_seed(0)
 which, repeats = sys.argv[1], int(sys.argv[2])
@@ -71,8 +74,10 @@ def main() -> None:
         for tree in (args.old, args.new):
             for which, n in (("explicit", 3), ("spiral", 10), ("stiff", 3)):
                 path = os.pathsep.join([tree, os.path.dirname(os.path.abspath(__file__))])
-                out = subprocess.run([sys.executable, "-c", CHILD, which, str(n)],
-                                     env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True)
+                # cwd: a neutral folder (``python -c`` puts the cwd first on sys.path, ahead of PYTHONPATH)
+                out = subprocess.run([sys.executable, "-c", CHILD, which, str(n), os.path.abspath(tree)],
+                                     env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True,
+                                     cwd=tempfile.gettempdir())
                 res.setdefault((which, tree), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     print("load average", os.getloadavg())
     for which in ("explicit", "spiral", "stiff"):

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import _adams
 from ._autograd import NoAdjoint, OdeintFunction
 from ._bridge import ParamLayout, StateLayout
 from ._driver import Driver, Lease
 from ._events import EventGradient, EventSpec
+from ._norms import identify as identify_norm
 from ._options import SolveOptions
 from ._petsc import check_scalar_type
 from ._scipy import solve_with_scipy
@@ -105,6 +108,12 @@ class ODESolver:
         if self.options.solver is not None and self.method.ts_type != "scipy":
             raise InvalidArgumentError(f"options['solver'] names scipy's method for method='scipy_solver'; "
                                        f"method={self.method.name!r} integrates with PETSc: remove it")
+        if self.method.form == "torch":
+            _adams.check_options(self.method.name, self.options)
+        elif self.options.max_order is not None or self.options.max_iters is not None:
+            raise InvalidArgumentError(f"options['max_order'] and options['max_iters'] set torchdiffeq's Adams "
+                                       f"methods (explicit_adams, implicit_adams); method={self.method.name!r} has "
+                                       "neither: remove them")
         self._adjoint_params = None if adjoint_params is None else tuple(adjoint_params)
         for i, p in enumerate(self._adjoint_params or ()):
             if not isinstance(p, torch.Tensor):
@@ -131,6 +140,8 @@ class ODESolver:
         args = (y0, t, event_fn)
         if self.method.ts_type == "scipy":
             return self._solve_with_scipy(y0, t, event_fn)
+        if self.method.form == "torch":
+            return self._solve_with_adams(y0, t, event_fn, horizon)
         spec, rebuild = self._spec_everywhere(*args) if self.group.distributed else self._spec_here(*args)
         driver = self._driver_for(spec, rebuild)
         y0_flat = spec.layout.flatten(y0, differentiable=spec.needs_grad)
@@ -199,6 +210,20 @@ class ODESolver:
                 y0, differentiable=True), *spec.params)
         return spec.layout.unflatten(outputs)
 
+    def _solve_with_adams(self, y0: State, t: torch.Tensor, event_fn: Callable | None, horizon: bool):
+        if self.group.distributed:
+            raise InvalidArgumentError(f"method={self.method.name!r} runs in plain torch on each process, outside "
+                                       "PETSc, so comm= cannot distribute it: call it without comm= on each rank's "
+                                       "shard and reduce the gradients with pnode.distributed.allreduce_gradients, "
+                                       "or use a PETSc method (e.g. rk4 with options={'step_size': h})")
+        spec = self._spec(y0, t, None)
+        result, self._step_times = _adams.solve(self.func, self.method.name, spec, self.options, self.rtol,
+                                                self.atol, self.stats, y0, t, event_fn, horizon)
+        if event_fn is None:
+            return spec.layout.unflatten(result)
+        event_t, outputs = result
+        return (None if event_t is None else event_t.to(t.dtype)), spec.layout.unflatten(outputs)
+
     def _spec(self, y0: State, t: torch.Tensor, event_fn: Callable | None) -> SolveSpec:
         layout = StateLayout.of(y0)
         taus, sign = check_times(t)
@@ -252,8 +277,15 @@ class ODESolver:
         objects on a parallel communicator is collective)."""
         if rebuild:
             self._release()       # graphs of earlier calls keep the old driver for their backward()
-            self._driver = Driver(self.func, self.method, self.options, self.rtol, self.atol, self.group,
-                                  self.stats, spec)
+            options, rtol, atol = self.options, self.rtol, self.atol
+            if options.norm is not None and self.method.adaptive:
+                if self.group.distributed:
+                    raise InvalidArgumentError("options['norm'] is not supported with comm= (it is probed on the "
+                                               "local state): drop it, or use -ts_adapt_wnormtype")
+                norm = identify_norm(options.norm, spec.layout)
+                rtol, atol = norm.tolerances(rtol, atol)
+                options = replace(options, norm_type=norm.kind)
+            self._driver = Driver(self.func, self.method, options, rtol, atol, self.group, self.stats, spec)
             self._lease = Lease(self._driver)
             self._driver_key = spec.shape_key
         return self._driver

@@ -34,7 +34,7 @@ from ._spec import SolveSpec
 from ._stepping import Pass, first_step, fixed_grid, plan_output_steps, rms_all
 from ._ts import TimeStepper
 from .distributed import RankGroup
-from .errors import BackwardError, InvalidArgumentError, NonFiniteError, RemoteRankError
+from .errors import AdjointNotAvailableError, BackwardError, InvalidArgumentError, NonFiniteError, RemoteRankError
 from .methods import Method
 from .stats import SolveStats
 
@@ -51,6 +51,7 @@ class ForwardRecord:
     y0: torch.Tensor                # flat float64 start state
     runner: ScheduleRunner | None = None   # checkpointed fixed-step solves: the schedule, forward part done
     event_index: int | None = None  # which event function stopped an event solve
+    interpolated: tuple[int, ...] = ()   # outputs interpolated inside a step (options['min_step'])
 
     def release(self) -> None:
         if self.runner is not None:
@@ -153,6 +154,9 @@ class Driver:
             return
         self.problem.begin_step()
         self.hooks.before_step(self._pass)
+        run = self._pass
+        if run.min_step is not None and run.capturing:
+            run.step_start = (ts.getTime(), vec_as_tensor(self.sol).clone())
         try:
             dt = self._pass.next_step(ts.getStepNumber(), ts.getTime(), ts.getTimeStep())
             if dt is not None:
@@ -183,6 +187,8 @@ class Driver:
                 run.record_output(ts.getStepNumber(), vec_as_tensor(self.sol))
                 ts.setConvergedReason(PETSc.TS.ConvergedReason.CONVERGED_USER)
             return
+        if run.capturing and run.min_step is not None:
+            self._record_passed_outputs(ts, run, tau)
         fixed = run.plan is not None
         # fixed-step RK returns NaN silently; adaptive RK fails in its error norm instead (a global 2-norm:
         # NaN on one rank reaches all, so every rank fails at the same step)
@@ -196,6 +202,40 @@ class Driver:
             self._check_step_everywhere(ts, tau)
         if run.record_output(ts.getStepNumber(), vec_as_tensor(self.sol)):
             ts.setConvergedReason(PETSc.TS.ConvergedReason.CONVERGED_USER)
+
+    def _record_passed_outputs(self, ts, run: Pass, tau: float) -> None:
+        """Outputs inside the step that just ended (``min_step`` stepped past them), interpolated: by
+        PETSc's dense output where the tableau has one (5dp in PETSc 3.26), else by the cubic Hermite
+        polynomial through the step's end states and slopes."""
+        passed = run.passed_outputs(tau)
+        if not passed:
+            return
+        t0, y0 = run.step_start
+        y1 = vec_as_tensor(self.sol).clone()
+        if self.running.ts_type == "rk" and self.running.tableau == "5dp":
+            scratch = self.sol.duplicate()
+            try:
+                values = []
+                for i in passed:
+                    ts.interpolate(float(run.taus[i]), scratch)
+                    values.append(vec_as_tensor(scratch).clone())
+            finally:
+                scratch.destroy()
+        else:
+            self.stepping = False        # not a stage: step hooks must not see these evaluations
+            try:
+                f0, f1 = self.evaluate(t0, y0), self.evaluate(tau, y1)
+            finally:
+                self.stepping = True
+            h = tau - t0
+            values = []
+            for i in passed:
+                s = (float(run.taus[i]) - t0) / h
+                values.append((1 + 2 * s) * (1 - s) ** 2 * y0 + s * (1 - s) ** 2 * h * f0
+                              + s * s * (3 - 2 * s) * y1 + s * s * (s - 1) * h * f1)
+        for value in values:
+            run.interpolated.append(run.next_output)
+            run.record_output(ts.getStepNumber(), value)
 
     def _check_step_everywhere(self, ts, tau: float) -> None:
         """Did any rank record a failure or hold a non-finite value?  Every rank gets the same answer, so
@@ -237,6 +277,8 @@ class Driver:
                                        "its step as options={'step_size': h}")
         checkpointed = keep and self.options.checkpoints is not None
         run = self._pass = Pass(taus, outputs, plan, spec.event)
+        if plan is None and spec.event is None:
+            run.min_step = self.options.min_step
         self.hooks.start_pass(spec, run, record_graphs=keep and not checkpointed)
         runner = None
         if len(taus) > 1 and checkpointed and plan is not None:
@@ -265,7 +307,8 @@ class Driver:
         if len(taus) > 1 and runner is None:
             self._count_iterations()
         record = ForwardRecord(self._token, spec, run.taus.copy(), np.asarray(run.step_times),
-                               list(run.output_steps), y0.clone(), runner, run.event_index)
+                               list(run.output_steps), y0.clone(), runner, run.event_index,
+                               tuple(run.interpolated))
         self._pass = None
         self.hooks.record_graphs(False)      # evaluations after the solve (dL/dt, ...) are not stages
         self.last_step_times, self.last_taus, self.last_event_index = record.step_times, record.taus, run.event_index
@@ -280,8 +323,12 @@ class Driver:
             first = self.options.step_size       # fixed steps of an event solve
         if first is not None:
             return min(first, float(taus[1] - taus[0]))
-        return first_step(self.evaluate, self._rms, y0, taus, self.running.order, self.rtol, self.atol,
-                          self.field.sign)
+        # tolerances may be one per component (options['norm'])
+        rtol, atol = (torch.as_tensor(x, dtype=PETSC_DTYPE) for x in (self.rtol, self.atol))
+        step = first_step(self.evaluate, self._rms, y0, taus, self.running.order, rtol, atol, self.field.sign)
+        # torchdiffeq's min_step/max_step bound every step, the first one too
+        low, high = self.options.min_step, self.options.max_step
+        return min(max(step, low or 0.0), high or math.inf)
 
     def _rms(self, *xs: torch.Tensor) -> list[float]:
         return rms_all(lambda v: self.group.global_sum(v, self.errors, "the first-step estimate"), *xs)
@@ -410,6 +457,13 @@ class Driver:
         if self.sol is None:
             raise BackwardError("the solver that computed this output was closed (solver.close(), or a call "
                                 "with another state shape rebuilt it) before backward(); call backward() first")
+        used = [i for i in record.interpolated if bool(grad_outputs[i].abs().max() > 0)]
+        if used:
+            times = ", ".join(f"{record.spec.user_time(float(record.taus[i])):.6g}" for i in used)
+            raise AdjointNotAvailableError(
+                f"the outputs at t = {times} were interpolated inside a step (options['min_step'] kept the steps "
+                "from landing on them); the discrete adjoint takes output cotangents only at step boundaries, so "
+                "their gradient would not be exact: lower min_step below the spacing of t, or drop it")
         start = time.perf_counter()
         self.field.bind(record.spec)
         self.hooks.start_adjoint()

@@ -27,6 +27,14 @@ _Reason = PETSc.SNES.ConvergedReason
 PETSC_DEFAULTS = (1e-8, 1e-50, 1e-8)      # SNES rtol, atol, stol when nobody set them
 
 
+def _strictest(tolerance) -> float:
+    """A scalar tolerance, or the smallest of per-component ones (``options['norm']`` weights components
+    in the step control, may even ignore some; Newton solves every component to the strictest)."""
+    if isinstance(tolerance, PETSc.Vec):
+        return float(tolerance.min()[1])
+    return float(tolerance)
+
+
 class WeightedNewtonTest:
     """A SNES convergence test (``snes.setConvergenceTest``) in the weighted RMS norm of the update."""
 
@@ -57,8 +65,7 @@ class WeightedNewtonTest:
         if it == 0:
             self._previous = math.inf
             self._rate = 0.5
-            rtol, atol = self.ts.getTolerances()
-            self._tolerances = (float(rtol), float(atol))
+            self._tolerances = tuple(_strictest(tol) for tol in self.ts.getTolerances())
             snes_rtol, snes_atol, snes_stol, self._max_it = snes.getTolerances()
             # Newton tolerances set by the user (-snes_rtol, ...) keep PETSc's meaning
             self._given = None if (snes_rtol, snes_atol, snes_stol) == PETSC_DEFAULTS else (snes_rtol, snes_atol,

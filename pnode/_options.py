@@ -40,6 +40,9 @@ _DOC = {
     "step_t": "adaptive methods: times (a tensor) that steps must land on",
     "jump_t": "adaptive methods: times where func jumps: steps land there, the method restarts, and func is "
               "evaluated just inside each step at that time (one-sided, as torchdiffeq)",
+    "norm": "adaptive methods: torchdiffeq's error norm, a callable on the state (tensor or tuple); honoured when it "
+            "is a weighted RMS or max norm (PETSc's adaptor computes those: -ts_adapt_wnormtype 2 / infinity with "
+            "per-component tolerances), refused otherwise; fixed-grid methods ignore it, as torchdiffeq's do",
     # torchdiffeq's fixed-grid options
     "grid_constructor": "fixed-grid methods: grid_constructor(func, y0, t) -> step times from t[0] to t[-1] "
                         "(output times are inserted as steps)",
@@ -47,8 +50,12 @@ _DOC = {
                "discontinuous at the step times (torchdiffeq's perturb)",
     "solver": "method='scipy_solver' only: scipy.integrate.solve_ivp's method ('RK45' default, 'RK23', 'DOP853', "
               "'Radau', 'BDF', 'LSODA'); forward only",
-    "interp": "torchdiffeq's interpolation of fixed-grid outputs ('linear' or 'cubic'): accepted, and not "
-              "needed: pnode's steps land on every output time, so outputs are scheme values",
+    "interp": "torchdiffeq's interpolation of fixed-grid outputs ('linear' or 'cubic'): the Adams methods "
+              "interpolate outputs between grid points with it; PETSc's methods accept it and need not: their steps "
+              "land on every output time, so outputs are scheme values",
+    # torchdiffeq's Adams options
+    "max_order": "explicit_adams / implicit_adams: highest order of the Adams formulas, 1..12 (default 12)",
+    "max_iters": "implicit_adams: most corrector (functional) iterations per step (default 4)",
 }
 
 
@@ -78,6 +85,11 @@ class SolveOptions:
     safety: float | None = None
     ifactor: float | None = None
     dfactor: float | None = None
+    interp: str = "linear"               # Adams methods: outputs between grid points
+    max_order: int | None = None         # Adams methods (None: 12)
+    max_iters: int | None = None         # implicit_adams (None: 4)
+    norm: object = None                  # torchdiffeq's error norm (a callable), identified per state layout
+    norm_type: str | None = None         # PETSc's -ts_adapt_wnormtype it was identified as
 
     @property
     def adapt(self) -> dict[str, str]:
@@ -85,6 +97,8 @@ class SolveOptions:
         out = {petsc: repr(value) for petsc, value in (("ts_adapt_dt_min", self.min_step),
                                                          ("ts_adapt_dt_max", self.max_step),
                                                          ("ts_adapt_safety", self.safety)) if value is not None}
+        if self.norm_type is not None:
+            out["ts_adapt_wnormtype"] = self.norm_type
         if self.ifactor is not None or self.dfactor is not None:
             out["ts_adapt_clip"] = f"{self.dfactor or 0.1!r},{self.ifactor or 10.0!r}"
         return out
@@ -149,7 +163,28 @@ class SolveOptions:
                    jump_t=_times(options, "jump_t"), grid_constructor=grid, perturb=bool(options.get("perturb")),
                    keep_graph=bool(options.get("keep_graph")), solver=options.get("solver"),
                    **_step_bounds(options), safety=_positive(options, "safety"),
-                   ifactor=_positive(options, "ifactor"), dfactor=_positive(options, "dfactor"))
+                   ifactor=_positive(options, "ifactor"), dfactor=_positive(options, "dfactor"),
+                   interp=interp or "linear", max_order=_count(options, "max_order", 12),
+                   max_iters=_count(options, "max_iters", None), norm=_norm(options))
+
+
+def _norm(options: Mapping):
+    norm = options.get("norm")
+    if norm is not None and not callable(norm):
+        raise InvalidArgumentError(f"options['norm'] must be callable as norm(state) -> 0-dim tensor, got "
+                                   f"{type(norm).__name__}")
+    return norm
+
+
+def _count(options: Mapping, key: str, largest: int | None) -> int | None:
+    """A positive int option (at most ``largest``), or None when absent."""
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (largest is not None and value > largest):
+        bound = f" at most {largest}" if largest is not None else ""
+        raise InvalidArgumentError(f"options[{key!r}] must be a positive int{bound}, got {value!r}")
+    return value
 
 
 def _step_bounds(options: Mapping) -> dict[str, float | None]:

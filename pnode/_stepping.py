@@ -38,6 +38,11 @@ class Pass:
         self.event_index: int | None = None
         self.landmarks: tuple[float, ...] = ()   # step_t / jump_t: adaptive steps land on them too
         self.capturing = outputs is not None
+        # options['min_step'] (adaptive solves): a step never shrinks below it to land on an output time;
+        # it steps past, and the outputs it passes are interpolated (their indices kept in ``interpolated``)
+        self.min_step: float | None = None
+        self.interpolated: list[int] = []
+        self.step_start: tuple[float, torch.Tensor] | None = None   # (tau_n, y_n) of the step being taken
         self.next_output = 1
         self.output_steps = [0]
         self.step_times = [float(taus[0])] if taus is not None else []
@@ -51,9 +56,23 @@ class Pass:
         if self.landmarks:
             ahead = [m for m in self.landmarks if m > tau + same_time_tolerance(tau)]
             target = min(target, ahead[0]) if ahead else target
+        remaining = float(target - tau)
+        min_step = self.min_step
         if tau + LAND_STRETCH * proposed >= target:
-            return float(target - tau)
+            if min_step is not None and remaining < min_step and self.next_output < len(self.taus) - 1:
+                return None          # step past this output time (it is interpolated), as torchdiffeq does
+            return remaining
+        if min_step is not None and remaining - proposed < min_step <= remaining / 2:
+            return remaining / 2     # leave no stub shorter than min_step before the output time
         return None
+
+    def passed_outputs(self, tau: float) -> list[int]:
+        """Output times strictly inside the step that just ended at ``tau`` (``min_step`` stepped past them)."""
+        found, i = [], self.next_output
+        while i < len(self.taus) and self.taus[i] < tau - same_time_tolerance(tau):
+            found.append(i)
+            i += 1
+        return found
 
     # --- bookkeeping (post-step) --------------------------------------------------------------
     def at_output(self, tau: float) -> bool:

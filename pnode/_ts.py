@@ -36,6 +36,7 @@ class TimeStepper:
         self._pre_step, self._post_step = pre_step, post_step
         self._events = events      # (count, indicator, post-event) of terminal events, or None
         self.ts: PETSc.TS | None = None
+        self._tolerance_vecs: list[PETSc.Vec] = []    # per-component tolerances, destroyed with the TS
         self.ts = self._build()
 
     def _build(self) -> PETSc.TS:
@@ -46,7 +47,7 @@ class TimeStepper:
             set_tableau(ts, self.method)
             self.problem.install(ts)
             ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
-            ts.setTolerances(rtol=self.rtol, atol=self.atol)
+            ts.setTolerances(rtol=self._tolerance(self.rtol), atol=self._tolerance(self.atol))
             ts.setMaxSteps(self.options.max_num_steps)
             ts.setErrorIfStepFails(False)
             fixed = self.options.step_size is not None or not self.method.adaptive
@@ -70,6 +71,15 @@ class TimeStepper:
             ts.destroy()
             raise
         return ts
+
+    def _tolerance(self, value):
+        """A scalar tolerance, or one per component (``options['norm']``) as a Vec the TS keeps."""
+        if isinstance(value, float):
+            return value
+        vec = self.problem.J.createVecRight()
+        vec.setArray(value)
+        self._tolerance_vecs.append(vec)
+        return vec
 
     def _running_method(self, ts: PETSc.TS) -> Method:
         running = (ts.getType(), running_tableau(ts))
@@ -165,4 +175,7 @@ class TimeStepper:
         if self.ts is not None:
             self.ts.destroy()      # releases the callbacks PETSc holds (no reference cycle is left)
             self.ts = None
+        for vec in self._tolerance_vecs:
+            vec.destroy()
+        self._tolerance_vecs.clear()
         self._pre_step = self._post_step = self._events = None

@@ -15,8 +15,9 @@ available as ``"rk" + <PETSc TSRKType>`` (``rk1fe``, ``rk2a``, ..., ``rk8vr``), 
 line and ``method="rk5bs"`` in Python name the same scheme; the one exception is PETSc's classic RK4
 (``-ts_rk_type 4``), which is ``rk4classic`` because ``rk4`` is torchdiffeq's 3/8-rule variant.
 
-torchdiffeq names pnode does not run (its Adams methods, ``scipy_solver``) are refused with the reason
-and the closest alternatives, never replaced by another scheme.
+Two families run outside PETSc, and say so in the table: torchdiffeq's Adams methods (``explicit_adams``,
+``implicit_adams``; PETSc has no Adams type) are integrated by pnode in plain torch with an exact discrete
+gradient (:mod:`pnode._adams`), and ``scipy_solver`` calls scipy, forward only.
 """
 
 from __future__ import annotations
@@ -34,14 +35,17 @@ class Method:
     Attributes
     ----------
     name: the name users pass as ``method=``.
-    ts_type: PETSc ``TSType`` (``"rk"``, ...).
+    ts_type: PETSc ``TSType`` (``"rk"``, ...); ``"torch"`` (pnode's own Adams integrator) and ``"scipy"``
+        for the rows PETSc does not run (:attr:`petsc` is False for them).
     tableau: PETSc sub-type (``TSRKType`` for ``rk``), or ``None``.
     order: order of accuracy of the propagated solution.
     adaptive: the tableau has an embedded error estimate, so steps adapt to ``rtol``/``atol`` unless a
         ``step_size`` is given.  Methods without one step on a fixed grid.
     implicit: stages need nonlinear solves.
-    adjoint: PETSc implements the discrete adjoint (TSAdjoint) for it.
-    form: which PETSc callback form runs it: ``"rhs"`` (explicit) or ``"implicit"`` (IFunction form).
+    adjoint: a discrete adjoint exists: PETSc's TSAdjoint (pnode's autograd through the steps for the
+        plain-torch Adams rows).
+    form: which PETSc callback form runs it: ``"rhs"`` (explicit) or ``"implicit"`` (IFunction form);
+        ``"torch"`` and ``"scipy"`` for the rows integrated outside PETSc.
     imex: the TS type can split f into an implicit and an explicit part (ARKIMEX).
     description: one line for listings and error messages.
     """
@@ -56,6 +60,11 @@ class Method:
     description: str = ""
     form: str = "rhs"
     imex: bool = False
+
+    @property
+    def petsc(self) -> bool:
+        """Whether PETSc integrates this method (False: pnode's plain-torch Adams methods, scipy)."""
+        return self.form in ("rhs", "implicit")
 
 
 def _rk(name: str, tableau: str, order: int, adaptive: bool, description: str) -> Method:
@@ -177,21 +186,22 @@ NO_ADJOINT_REASON = {
 }
 
 # torchdiffeq names pnode refuses, with the reason: running another scheme under these names would be wrong
-REFUSED: dict[str, str] = {
-    "explicit_adams": (
-        "torchdiffeq's explicit_adams is a fixed-grid Adams-Bashforth method (orders up to 12, started with "
-        "RK4); PETSc 3.26 has no Adams TS type (its multistep types are bdf and the general linear glee/glle), "
-        "so pnode has no scheme with that meaning.  Fixed-step explicit methods with an adjoint: rk4, heun3, "
-        "rk5bs (options={'step_size': h}); adaptive: dopri5, tsit5, dopri8"),
-    "implicit_adams": (
-        "torchdiffeq's implicit_adams is an Adams-Bashforth-Moulton predictor-corrector (fixed grid); PETSc "
-        "3.26 has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: "
-        "rk4 or dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
-    "fixed_adams": (
-        "torchdiffeq's fixed_adams is its implicit_adams (Adams-Bashforth-Moulton, fixed grid); PETSc 3.26 "
-        "has no Adams TS type, so pnode has no scheme with that meaning.  Alternatives with an adjoint: rk4 or "
-        "dopri5 (non-stiff), trbdf2 or arkimex4 (stiff)"),
-}
+REFUSED: dict[str, str] = {}
+
+# torchdiffeq's Adams methods: PETSc 3.26 has no Adams TS type (its multistep types are bdf and the general
+# linear glee/glle; CVODE's Adams is only reachable through TSSUNDIALS, absent from this build and without
+# TSAdjoint), so pnode integrates them itself in plain torch (pnode/_adams.py), torchdiffeq's scheme on its
+# fixed grid; gradients are exact for the discrete scheme (each step differentiated by autograd)
+_ADAMS = [
+    Method("explicit_adams", "torch", "ab", 4, False, form="torch",
+           description="not PETSc: Adams-Bashforth on a fixed grid, plain torch (RK4 start, orders up to "
+                       "options['max_order'] - 1, default 11), as torchdiffeq; exact discrete gradient"),
+    Method("implicit_adams", "torch", "abm", 5, False, form="torch",
+           description="not PETSc: Adams-Bashforth-Moulton predictor-corrector on a fixed grid, plain torch "
+                       "(options['max_iters'] corrector iterations, default 4), as torchdiffeq; exact discrete "
+                       "gradient"),
+]
+_ADAMS.append(replace(_ADAMS[1], name="fixed_adams", description=_ADAMS[1].description + " (= implicit_adams)"))
 
 METHODS: dict[str, Method] = {m.name: m for m in _PETSC_RK}
 METHODS.update({m.name: m for m in _TORCHDIFFEQ})
@@ -199,6 +209,7 @@ METHODS.update({m.name: m for m in _PETSC_IMPLICIT})
 METHODS.update({m.name: m for m in _TORCHDIFFEQ_IMPLICIT})
 METHODS.update({m.name: m for m in _IRK})
 METHODS.update({m.name: m for m in _ALIASES})
+METHODS.update({m.name: m for m in _ADAMS})
 # torchdiffeq's wrapper of scipy.integrate.solve_ivp: outside PETSc, forward only (options['solver'])
 METHODS["scipy_solver"] = Method("scipy_solver", "scipy", None, 5, True, adjoint=False, form="scipy",
                                  description="scipy.integrate.solve_ivp (options['solver'], default RK45); "

@@ -6,11 +6,12 @@ torchdiffeq's ``tests/`` (from a checkout you provide: this script never copies 
 ``odeint``, ``odeint_adjoint`` and ``odeint_event`` forward each call unchanged to pnode.  A call that
 needs a feature pnode lacks is skipped with the reason (``unittest.SkipTest``), never passed:
 
-* a method name pnode refuses (``pnode.UnknownMethodError``: Adams, ``scipy_solver``);
+* a method name pnode refuses (``pnode.UnknownMethodError``; none at torchdiffeq's head ``657943a``);
 * a gradient through a method that PETSc runs forward only (``pnode.AdjointNotAvailableError``: the
   TSIRK methods ``gl4``, ``gl6``, ``radauIIA3``, ``radauIIA5``), skipped as "no discrete adjoint in
   PETSc for this family" (also when ``loss.backward()`` raises it, outside the stand-in);
-* an ``options`` key pnode rejects as unknown (``interp``, ``perturb``, ``norm``, ...);
+* an ``options`` key pnode rejects as unknown (none at ``657943a``; ``options["norm"]`` values PETSc's
+  adaptor cannot compute are refused with ``InvalidArgumentError`` and fail, they are not skipped);
 * ``event_fn`` / ``odeint_event`` while pnode has no event support;
 * ``adjoint_rtol``/``adjoint_atol``/``adjoint_method``/``adjoint_options`` while ``pnode.odeint_adjoint``
   does not accept them;

@@ -387,11 +387,14 @@ def test_rk4_is_torchdiffeqs_three_eighths_rule_and_rk4classic_is_petscs():
     assert rel_err(got38, classic) > 1e-6   # they really are different schemes
 
 
-@pytest.mark.parametrize("name, phrase", [("explicit_adams", "no Adams TS type"), ("implicit_adams", "no Adams"),
-                                          ("fixed_adams", "no Adams")])
-def test_names_pnode_refuses_say_why(name, phrase):
-    with pytest.raises(pnode.UnknownMethodError, match=phrase):
-        pnode.odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]), method=name)
+@pytest.mark.parametrize("name", ["explicit_adams", "implicit_adams", "fixed_adams"])
+def test_adams_names_run_outside_petsc(name):
+    """PETSc has no Adams TS type: these names run pnode's plain-torch integrator (tests/test_adams.py)."""
+    with torch.no_grad():
+        ys = pnode.odeint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]), method=name,
+                          options={"step_size": 0.01, "max_order": 6})
+    assert (ys[-1] - torch.exp(torch.tensor(-1.0))).abs().max() < 1e-6
+    assert pnode.last_stats().ts_type.startswith("none")
 
 
 def test_petsc_option_names_a_registered_tableau():
@@ -478,7 +481,8 @@ TORCHDIFFEQ_SOLVERS = ("dopri8", "dopri5", "tsit5", "bosh3", "fehlberg2", "adapt
                        "fixed_adams", "scipy_solver")
 # fixed-grid in torchdiffeq (FixedGridODESolver subclasses); the rest adapt
 TORCHDIFFEQ_FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4", "implicit_euler", "implicit_midpoint", "trapezoid",
-                     "sdirk2", "trbdf2", "gl4", "gl6", "radauIIA3", "radauIIA5"}
+                     "sdirk2", "trbdf2", "gl4", "gl6", "radauIIA3", "radauIIA5", "explicit_adams", "implicit_adams",
+                     "fixed_adams"}
 # PETSc runs these forward only (TSIRK has no adjoint in PETSc 3.26): tests/test_irk.py
 FORWARD_ONLY = {"gl4", "gl6", "radauIIA3", "radauIIA5"}
 

@@ -240,3 +240,138 @@ def test_scipy_solver_arguments():
                      options={"solver": "Euler"})
     with pytest.raises(pnode.InvalidArgumentError, match="scipy_solver"):
         pnode.ODESolver(lambda t, y: -y, method="dopri5", options={"solver": "RK45"})
+
+
+# --- options['min_step'] larger than the spacing of t: step past output times, interpolate them -------------
+ROTATION = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_min_step_steps_past_output_times_and_interpolates_them(method):
+    """torchdiffeq's min_step: no step is shortened below it to land on an output time; the outputs it
+    steps past are interpolated (dopri5: PETSc's dense output; bosh3: cubic Hermite through the step's
+    end states and slopes, rebuilt here from a plain-torch replay of the same steps)."""
+    from oracles import rk_solve
+
+    t = torch.linspace(0, 4, 41, dtype=torch.float64)         # spacing 0.1
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    min_step = 0.25
+    solver = pnode.ODESolver(lambda t, y: ROTATION @ y, method=method, rtol=1e-9, atol=1e-11,
+                             options={"min_step": min_step})
+    with torch.no_grad():
+        ys = solver(y0, t)
+    steps = solver.step_times
+    # only the last two steps may be shorter: PETSc sizes them to end exactly at t[-1]
+    assert torch.diff(steps)[:-2].min() >= min_step * (1 - 1e-12)
+    assert len(steps) - 1 < len(t) - 1                               # fewer steps than output intervals
+    exact = torch.stack([torch.linalg.matrix_exp(ROTATION * s) @ y0 for s in t])
+    # steps of 0.25 where the controller wanted far smaller ones: the error is the steps', not rtol's
+    assert (ys - exact).abs().max() < (1e-5 if method == "dopri5" else 1e-2)
+    if method == "bosh3":
+        f = lambda tau, y: ROTATION @ y  # noqa: E731
+        states = rk_solve(f, y0, steps, steps, "3bs")
+        for i, s in enumerate(t.tolist()):
+            n = int(torch.searchsorted(steps, torch.tensor(s, dtype=torch.float64), right=True)) - 1
+            n = min(n, len(steps) - 2)
+            t0, t1 = float(steps[n]), float(steps[n + 1])
+            h, u = t1 - t0, (s - t0) / (t1 - t0)
+            hermite = ((1 + 2 * u) * (1 - u) ** 2 * states[n] + u * (1 - u) ** 2 * h * f(t0, states[n])
+                       + u * u * (3 - 2 * u) * states[n + 1] + u * u * (u - 1) * h * f(t1, states[n + 1]))
+            assert (ys[i] - hermite).abs().max() < 1e-12, (i, s)
+
+
+def test_min_step_gradients_exact_where_outputs_land_refused_where_interpolated():
+    from oracles import rk_solve
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.A = torch.nn.Parameter(ROTATION.clone())
+
+        def forward(self, t, y):
+            return self.A @ y
+
+    func = Linear()
+    t = torch.linspace(0, 4, 9, dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    solver = pnode.ODESolver(func, options={"min_step": 1.2})
+    ys = solver(y0, t)
+    # the last output is a step boundary: its gradient is the discrete adjoint's, exact for the steps taken
+    got = torch.autograd.grad(ys[-1].sum(), (y0, func.A), retain_graph=True)
+    ref = rk_solve(func, y0, solver.step_times, [0.0, 4.0], "5dp")
+    want = torch.autograd.grad(ref[-1].sum(), (y0, func.A))
+    for g, w in zip(got, want):
+        assert (g - w).abs().max() < 1e-12
+    with pytest.raises(pnode.AdjointNotAvailableError, match="interpolated"):
+        ys[3].sum().backward()
+
+
+# --- options['norm'] ----------------------------------------------------------------------------------------
+def _steps(norm=None, rtol=1e-6, atol=1e-8, petsc=None, y0=None, func=None):
+    func = func or (lambda t, y: torch.tanh(3 * y) * torch.sin(4 * t))
+    options = {k: v for k, v in (("norm", norm), ("petsc", petsc)) if v is not None}
+    solver = pnode.ODESolver(func, rtol=rtol, atol=atol, options=options)
+    with torch.no_grad():
+        solver(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) if y0 is None else y0,
+               torch.tensor([0.0, 3.0], dtype=torch.float64))
+    return solver.step_times
+
+
+def test_norm_scaled_rms_is_the_default_norm_at_scaled_tolerances():
+    """10 * RMS accepts a step where RMS with tolerances / 10 does: the same steps, bit for bit."""
+    scaled = _steps(norm=lambda x: 10 * x.pow(2).mean().sqrt())
+    reference = _steps(rtol=1e-7, atol=1e-9)
+    assert len(scaled) == len(reference) and torch.allclose(scaled, reference, rtol=1e-9, atol=0)
+    assert not torch.equal(scaled, _steps())
+
+
+def test_norm_max_is_petscs_infinity_norm():
+    assert torch.equal(_steps(norm=lambda x: x.abs().max()), _steps(petsc={"ts_adapt_wnormtype": "infinity"}))
+    assert not torch.equal(_steps(norm=lambda x: x.abs().max()), _steps())
+
+
+def test_norm_of_one_part_of_a_tuple_state_controls_that_part_only():
+    """A norm that reads only ``a`` of (a, b), with b driven by a but not feeding back: the steps are the
+    ones of solving a alone with the default norm (b's error is ignored)."""
+    calls = []
+
+    def norm(state):
+        a, b = state
+        calls.append((tuple(a.shape), tuple(b.shape)))
+        return a.pow(2).mean().sqrt()
+
+    def coupled(t, y):
+        a, b = y
+        return torch.tanh(3 * a) * torch.sin(4 * t), 50 * torch.cos(20 * t) * b + a.sum()
+
+    y0 = (torch.tensor([1.0, -2.0], dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64))
+    both = _steps(norm=norm, y0=y0, func=coupled)
+    alone = _steps(y0=y0[0], func=lambda t, a: torch.tanh(3 * a) * torch.sin(4 * t))
+    # equal up to the rounding of the tolerance weights (1/sqrt(3) here)
+    assert len(both) == len(alone) and torch.allclose(both, alone, rtol=1e-9, atol=0)
+    assert calls and calls[0] == ((2,), (2, 2))
+
+
+def test_norm_on_implicit_methods_steers_steps_and_newton_solves_every_part():
+    """A uniform max norm, and an RMS norm of the first part only: the steps follow the norm, and the
+    part the norm ignores is still solved by Newton to the strictest tolerance (so it carries only the
+    method's truncation error on the steps the other part chose)."""
+    f = lambda t, y: (-y[0], -2 * y[1])  # noqa: E731
+    y0 = (torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ys = pnode.odeint(f, y0, t, method="arkimex3", options={"norm": lambda s: 3 * torch.cat(s).abs().max()})
+    assert (ys[0][-1] - math.exp(-1)).abs().max() < 1e-5
+    solver = pnode.ODESolver(f, method="arkimex3", options={"norm": lambda s: s[0].pow(2).mean().sqrt()})
+    ys = solver(y0, t)
+    # default rtol 1e-7 / atol 1e-9: measured 1.1e-7 on part 0; third-order steps sized for part 0
+    # (rate 1) leave part 1 (rate 2) with a larger truncation error, measured 6.4e-7
+    assert (ys[0][-1] - math.exp(-1)).abs().max() < 1e-6
+    assert (ys[1][-1] - math.exp(-2)).abs().max() < 5e-6
+    assert solver.stats.newton_iterations > 0 and solver.stats.nonlinear_solve_failures == 0
+
+
+def test_norm_petsc_cannot_compute_is_refused():
+    with pytest.raises(pnode.InvalidArgumentError, match="weighted RMS"):
+        _steps(norm=lambda x: x.abs().sum())
+    with pytest.raises(pnode.InvalidArgumentError, match="callable"):
+        _steps(norm="rms")
