@@ -59,6 +59,10 @@ import pnode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import spiral  # noqa: E402 - the data and model of examples/spiral.py
 
+# the rows every task's table starts with: the prediction solve's cost
+PREDICTION_ROWS = [("f evals per prediction solve", "rhs_evals", "{:d}"),
+                   ("steps per prediction solve", "steps", "{:d}"), ("prediction wall time [ms]", "wall", "{:.2f}")]
+
 
 def weight_at(it: int, iters: int, weight: float, decay: float) -> float:
     """Cosine decay from ``weight`` at iteration 1 to 0 at ``decay * iters``, then 0."""
@@ -130,8 +134,7 @@ def run_spiral(args):
         func, losses, seconds = train_spiral(args, t, y, weight, label)
         results[label] = {**predict_spiral(args, func, t, y, y0), "train": seconds, "final_batch_loss": losses[-1],
                           "losses": losses}
-    rows = [("f evals per prediction solve", "rhs_evals", "{:d}"), ("steps per prediction solve", "steps", "{:d}"),
-            ("prediction wall time [ms]", "wall", "{:.2f}"), ("whole-trajectory L1 error", "loss", "{:.4e}"),
+    rows = [*PREDICTION_ROWS, ("whole-trajectory L1 error", "loss", "{:.4e}"),
             ("final batch loss", "final_batch_loss", "{:.4e}"), ("training time [s]", "train", "{:.1f}")]
     title = (f"spiral neural ODE, {args.method} rtol {args.rtol:g} atol {args.atol:g}, {args.iters} iterations, "
              f"prediction outputs {args.predict_points}")
@@ -183,8 +186,7 @@ def run_latent(args):
                           "wall": 1e3 * statistics.median(walls), "dense_evals": dense_evals,
                           "interp": interp, "extrap": extrap, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
                           "train": seconds, "losses": losses, "prediction": pred}
-    rows = [("f evals per prediction solve", "rhs_evals", "{:d}"), ("steps per prediction solve", "steps", "{:d}"),
-            ("prediction wall time [ms]", "wall", "{:.2f}"),
+    rows = [*PREDICTION_ROWS,
             ("f evals, 41-point grid solve", "dense_evals", "{:d}"),
             ("test interpolation MSE", "interp", "{:.4e}"), ("test extrapolation MSE", "extrap", "{:.4e}"),
             ("final -ELBO/T (last 20 its)", "final_loss", "{:.4f}"), ("training time [s]", "train", "{:.1f}")]
@@ -290,8 +292,7 @@ def run_digits(args):
     for label, predictor in predictors.items():
         results[label].update(rhs_evals=predictor.nfe, steps=predictor.stats.steps,
                               wall=1e3 * statistics.median(walls[label]))
-    rows = [("f evals per prediction solve", "rhs_evals", "{:d}"), ("steps per prediction solve", "steps", "{:d}"),
-            ("prediction wall time [ms]", "wall", "{:.2f}"), ("test cross-entropy", "loss", "{:.4f}"),
+    rows = [*PREDICTION_ROWS, ("test cross-entropy", "loss", "{:.4f}"),
             ("test accuracy", "accuracy", "{:.4f}"), ("train cross-entropy (final)", "final_loss", "{:.4f}"),
             ("mean f evals per training solve", "train_evals", "{:.1f}"), ("training time [s]", "train", "{:.1f}")]
     title = (f"digits ODE-block classifier (64 -> {args.hidden} -> ODE -> 10), {args.method} rtol {args.rtol:g} "
@@ -363,8 +364,7 @@ def run_twist(args):
                           "wall": 1e3 * statistics.median(walls), "loss": float((pred - y_test).square().mean()),
                           "final_loss": sum(losses[-20:]) / len(losses[-20:]), "train": seconds,
                           "losses": losses, "prediction": pred}
-    rows = [("f evals per prediction solve", "rhs_evals", "{:d}"), ("steps per prediction solve", "steps", "{:d}"),
-            ("prediction wall time [ms]", "wall", "{:.2f}"), ("test MSE", "loss", "{:.4e}"),
+    rows = [*PREDICTION_ROWS, ("test MSE", "loss", "{:.4e}"),
             ("final train MSE (last 20 its)", "final_loss", "{:.4e}"), ("training time [s]", "train", "{:.1f}")]
     title = (f"twist map x(1) = T(x(0)), {args.method} rtol {args.rtol:g} atol {args.atol:g}, {args.iters} "
              f"iterations, {args.train} train / {args.test} test points")

@@ -88,10 +88,10 @@ class WeightedNewtonTest:
         # whether this rank evaluates its blocks afresh
         if self._rate < 1.0 and size * self._rate / (1.0 - self._rate) <= KAPPA:
             return _Reason.CONVERGED_SNORM_RELATIVE
-        if self._rate >= STALL_RATE and it > 1 and not self.jacobian_is_fresh():
+        if self._rate >= STALL_RATE and it > 1 and not self.strategy.fresh:
             # the kept Jacobian is too stale for this stage: evaluate it at the next iterate (a fresh
             # Newton step may contract slowly far from the root: it goes on, up to -snes_max_it)
-            self.refresh_jacobian()
+            self.strategy.new_step()
             self._rate = 0.5
         self._previous = size
         if it >= self._max_it:
@@ -111,12 +111,6 @@ class WeightedNewtonTest:
         if it >= self._max_it:
             return self._fail(_Reason.DIVERGED_MAX_IT)
         return _Reason.ITERATING
-
-    def jacobian_is_fresh(self) -> bool:
-        return self.strategy.fresh
-
-    def refresh_jacobian(self) -> None:
-        self.strategy.new_step()
 
     def _fatal(self, reason: int) -> int:
         """A non-finite residual or update: a smaller step will not help, so the solve ends here (the TS

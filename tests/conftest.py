@@ -21,12 +21,12 @@ def _in_tmp_dir(tmp_path, monkeypatch):
 class MLP(torch.nn.Module):
     """A small non-autonomous vector field: time enters, so dL/dt and time handling are exercised."""
 
-    def __init__(self, dim=3, width=16, seed=0):
+    def __init__(self, dim=3, width=16, seed=0, weight_scale=0.5, bias_scale=0.1):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.w1 = torch.nn.Parameter(torch.randn(dim + 1, width, generator=g) * 0.5)
-        self.b1 = torch.nn.Parameter(torch.randn(width, generator=g) * 0.1)
-        self.w2 = torch.nn.Parameter(torch.randn(width, dim, generator=g) * 0.5)
+        self.w1 = torch.nn.Parameter(torch.randn(dim + 1, width, generator=g) * weight_scale)
+        self.b1 = torch.nn.Parameter(torch.randn(width, generator=g) * bias_scale)
+        self.w2 = torch.nn.Parameter(torch.randn(width, dim, generator=g) * weight_scale)
 
     def forward(self, t, y):
         ty = torch.cat([y, t.expand(*y.shape[:-1], 1)], dim=-1)

@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from conftest import MLP
 from oracles import rel_err
 
 import pnode
@@ -22,19 +23,11 @@ from pnode.nn import CNF, ODEBlock, sample_noise
 H = 0.125          # fixed RK4 step of the oracle comparisons: 8 steps on [0, 1]
 
 
-class Field(torch.nn.Module):
+class Field(MLP):
     """A non-autonomous MLP field ``net(t, z)`` on (N, D) (tanh: smooth, so second derivatives exist)."""
 
     def __init__(self, dim=2, width=12, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.w1 = torch.nn.Parameter(torch.randn(dim + 1, width, generator=g) * 0.6)
-        self.b1 = torch.nn.Parameter(torch.randn(width, generator=g) * 0.2)
-        self.w2 = torch.nn.Parameter(torch.randn(width, dim, generator=g) * 0.6)
-
-    def forward(self, t, z):
-        tz = torch.cat([z, t.expand(len(z), 1)], dim=1)
-        return torch.tanh(tz @ self.w1 + self.b1) @ self.w2
+        super().__init__(dim, width, seed, weight_scale=0.6, bias_scale=0.2)
 
 
 def rk4(f, state, t1, h):
