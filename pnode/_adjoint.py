@@ -39,6 +39,7 @@ class Sweep:
         self.driver = driver
         self.record = record
         self.lam: object | None = None
+        self.mu: object | None = None       # the parameter gradient (then each rank's probe entries)
 
     def add_to_cost_gradient(self, values: np.ndarray) -> None:
         """lambda += values: an output time's cotangent, added when the adjoint reaches its step."""
@@ -53,7 +54,7 @@ class Sweep:
         lam.stateIncrease()
         mu = None
         if driver.problem.Jp is not None:
-            mu = driver.problem.Jp.createVecRight()
+            mu = self.mu = driver.problem.Jp.createVecRight()
             mu.set(0.0)
         restore = self._adjoint_tolerances()
         try:
@@ -65,15 +66,18 @@ class Sweep:
             else:
                 self._store_all(grad_outputs)
             grad_y0 = vec_as_tensor(lam).clone()
-            grad_p = vec_as_tensor(mu).clone() if mu is not None else torch.zeros(0, dtype=torch.float64)
+            n_params = record.spec.param_layout.size
+            grad_p = (vec_as_tensor(mu)[:n_params].clone() if mu is not None
+                      else torch.zeros(0, dtype=torch.float64))
         finally:
+            driver.problem.end_adjoint()
             restore()
             driver.forget_trajectory()     # the adjoint consumed the trajectory
             record.release()
             lam.destroy()
             if mu is not None:
                 mu.destroy()
-            self.lam = None
+            self.lam = self.mu = None
         # every rank accumulated its shard's parameter adjoint; one allreduce gives each rank the
         # gradient of the sum of all ranks' losses
         driver.group.sum_(grad_p.numpy())
@@ -104,8 +108,9 @@ class Sweep:
     def _sweep_outputs(self, steps: list[int], grad_outputs: torch.Tensor) -> None:
         for i in range(len(steps) - 1, 0, -1):
             if steps[i] > steps[i - 1]:
-                self.driver.adjoint_steps(steps[i] - steps[i - 1], agree=False)
+                self.driver.adjoint_steps(steps[i] - steps[i - 1], agree=False, settle=False)
             self.add_to_cost_gradient(grad_outputs[i - 1].numpy())
+        self.driver.settle_adjoint()      # inside the run: under MPI a failure here is agreed on too
 
     def _with_schedule(self, grad_outputs: torch.Tensor) -> None:
         driver, record = self.driver, self.record

@@ -152,7 +152,7 @@ class Driver:
     def _pre_step(self, ts) -> None:
         if self.in_adjoint:        # PETSc re-stepping inside TSAdjoint (solution-only trajectories)
             return
-        self.problem.begin_step()
+        self.problem.begin_step(ts.getStepNumber(), ts.getTime(), self.sol.getArray(readonly=True))
         self.hooks.before_step(self._pass)
         run = self._pass
         if run.min_step is not None and run.capturing:
@@ -421,20 +421,35 @@ class Driver:
         self._trajectory_token = None
 
     # ------------------------------------------------------------------ backward (SegmentDriver)
-    def adjoint_steps(self, n: int, agree: bool = True) -> None:
+    def adjoint_steps(self, n: int, agree: bool = True, settle: bool = True) -> None:
         """Run TSAdjoint ``n`` steps back from where the trajectory's adjoint stands.  ``agree=False``
-        leaves error handling (and, under MPI, the agreement between ranks) to an enclosing :meth:`run`."""
-        self.ts.adjointSetSteps(n)
+        leaves error handling (and, under MPI, the agreement between ranks) to an enclosing :meth:`run`;
+        ``settle=False`` leaves the deferred parameter VJPs to a later :meth:`settle_adjoint`."""
         self.in_adjoint = True
         self.problem.exact_jacobians(True)
         try:
             if agree:
-                self.run(self.ts.adjointSolve, what="the adjoint")
+                self.run(self._adjoint_pieces, n, settle, what="the adjoint")
             else:
-                self.ts.adjointSolve()
+                self._adjoint_pieces(n, settle)
         finally:
             self.in_adjoint = False
             self.problem.exact_jacobians(False)
+
+    def _adjoint_pieces(self, n: int, settle: bool) -> None:
+        # the problem may prepare the stages of a run of steps in batches: one adjointSolve per run
+        while n > 0:
+            piece = self.problem.adjoint_piece(self.ts.getStepNumber(), n)
+            self.ts.adjointSetSteps(piece)
+            self.ts.adjointSolve()
+            n -= piece
+        if settle:
+            self.settle_adjoint()
+
+    def settle_adjoint(self) -> None:
+        """Add the problem's deferred parameter VJPs into the running sweep's parameter gradient."""
+        if self._sweep.mu is not None:
+            self.problem.settle_adjoint(self._sweep.mu)
 
     def add_to_cost_gradient(self, values: np.ndarray) -> None:
         self._sweep.add_to_cost_gradient(values)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ._batching import BATCH_ENTRIES, fingerprint
 from ._bridge import StateLayout
 from ._spec import SolveSpec
 from ._timegrid import same_time_tolerance
@@ -41,6 +42,9 @@ class VectorField:
         self.keep_point_graph = False     # the adjoint: jacobian_blocks keeps its graph for param VJPs
         self._point_graph: tuple[float, np.ndarray, torch.Tensor] | None = None
         self._copies_ok = True            # func accepts a batch of another size (jacobian_blocks)
+        self._vmap_ok = True              # func runs under torch.func.vmap (the adjoint's batched passes)
+        # Jacobian blocks evaluated ahead for the adjoint's stages: fingerprint -> [(tau, x, blocks)]
+        self._prepared: dict[bytes, list[tuple[float, np.ndarray, torch.Tensor]]] = {}
 
     def bind(self, spec: SolveSpec) -> None:
         """Take this call's time direction and parameters (the driver calls it at entry)."""
@@ -132,14 +136,107 @@ class VectorField:
     # --- implicit methods: Jacobian products and Jacobian blocks ------------------------------
     def flat_function(self, tau: float) -> Callable[[torch.Tensor], torch.Tensor]:
         """z -> g(tau, z) on flat float64 tensors (differentiable, batched or not)."""
-        layout, t, sign = self.layout, self.time(tau), self.sign
+        t = self.time(tau)
+        return lambda z: self._flat_call(t, z)
 
-        def flat(z: torch.Tensor) -> torch.Tensor:
-            parts = [z[..., lo:hi].reshape(tuple(z.shape[:-1]) + shape).to(layout.dtype)
-                     for lo, hi, shape in layout.slices]
-            out = layout.check_output(self.func(t, layout.pack(parts)))
-            return torch.cat([o.reshape(*z.shape[:-1], -1) for o in out], dim=-1).to(torch.float64) * sign
-        return flat
+    def _flat_call(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """g(t, z) on a flat float64 ``z`` (leading dimensions are batch dimensions)."""
+        layout = self.layout
+        parts = [z[..., lo:hi].reshape(tuple(z.shape[:-1]) + shape).to(layout.dtype)
+                 for lo, hi, shape in layout.slices]
+        out = layout.check_output(self.func(t, layout.pack(parts)))
+        return torch.cat([o.reshape(*z.shape[:-1], -1) for o in out], dim=-1).to(torch.float64) * self.sign
+
+    # --- the adjoint's stages in batches (pnode._batching) ------------------------------------
+    @property
+    def batchable(self) -> bool:
+        """The adjoint's stage work may be batched: ``func`` ran under vmap so far, and no per-evaluation
+        hook (perturb, jump_t, step callbacks) moves the times it sees."""
+        return self._vmap_ok and self.nudge is None
+
+    def _times(self, points) -> torch.Tensor:
+        return torch.stack([self.time(tau) for tau, _ in points])
+
+    def prepare_jacobians(self, points: list[tuple[float, np.ndarray]], n_blocks: int) -> int:
+        """Evaluate the Jacobian blocks at every point ``(tau, x)`` in vectorized passes of at most
+        :data:`~pnode._batching.BATCH_ENTRIES` entries, for :meth:`jacobian_blocks` to find; returns
+        how many were evaluated (0 when ``func`` cannot run under vmap: the adjoint then evaluates each
+        stage's Jacobian itself)."""
+        self._prepared = {}
+        if not points or not self.batchable:
+            return 0
+        n = self.layout.size
+        d = n // n_blocks
+        per_pass = max(1, BATCH_ENTRIES // (d * n))
+        done = 0
+        for lo in range(0, len(points), per_pass):
+            chunk = points[lo:lo + per_pass]
+            blocks = self.jacobian_blocks_many(chunk, n_blocks)
+            if blocks is None:
+                self._prepared = {}
+                return 0
+            for (tau, x), block in zip(chunk, blocks):
+                self._prepared.setdefault(fingerprint(x), []).append((tau, x, block))
+            done += len(chunk)
+        self.stats.jacobian_assemblies += done
+        return done
+
+    def forget_prepared(self) -> None:
+        self._prepared = {}
+
+    def _find_prepared(self, tau: float, x: np.ndarray, n_blocks: int) -> torch.Tensor | None:
+        for kept_tau, kept_x, blocks in self._prepared.get(fingerprint(x), ()):
+            # PETSc's adjoint recomputes stage times from the step's end: they may differ by rounding
+            if (blocks.shape[0] == n_blocks and abs(kept_tau - tau) <= same_time_tolerance(tau)
+                    and np.array_equal(kept_x, x)):
+                return blocks
+        return None
+
+    def jacobian_blocks_many(self, points: list[tuple[float, np.ndarray]], n_blocks: int) -> torch.Tensor | None:
+        """Blocks ``(len(points), n_blocks, d, d)`` of dg/dy at every point, from one vmapped evaluation
+        of ``func`` over the points and the ``d`` row patterns, and one reverse pass (the rows of
+        :meth:`jacobian_blocks`); ``None`` if ``func`` does not run under vmap."""
+        n = self.layout.size
+        d = n // n_blocks
+        times = self._times(points)
+        states = torch.from_numpy(np.stack([x for _, x in points]))
+        z = states.unsqueeze(1).expand(len(points), d, n).clone().requires_grad_()
+        try:
+            with torch.enable_grad():
+                out = torch.func.vmap(torch.func.vmap(self._flat_call, in_dims=(None, 0)))(times, z)
+        except Exception:  # noqa: BLE001 - func is not vmappable (data-dependent code, .item(), ...)
+            self._vmap_ok = False
+            return None
+        if not out.requires_grad:
+            return torch.zeros(len(points), n_blocks, d, d, dtype=torch.float64)
+        # pattern j: e_j in every block, so the reverse pass gives row j of every block
+        basis = torch.eye(d, dtype=torch.float64).unsqueeze(1).expand(d, n_blocks, d).reshape(d, n)
+        (rows,) = torch.autograd.grad(out, z, basis.expand(len(points), d, n), allow_unused=True)
+        if rows is None:
+            return torch.zeros(len(points), n_blocks, d, d, dtype=torch.float64)
+        return rows.view(len(points), d, n_blocks, d).transpose(1, 2)
+
+    def param_vjps(self, points: list[tuple[float, torch.Tensor]], weights: torch.Tensor
+                   ) -> list[torch.Tensor | None]:
+        """``sum_k (dg/dtheta (tau_k, x_k))^T w_k`` per parameter: one vmapped evaluation over the points
+        (or, for a ``func`` that does not run under vmap, one evaluation per point) and one reverse pass."""
+        self.stats.vjp_evals += len(points)
+        if not self.params:
+            return []
+        times = self._times(points)
+        states = torch.stack([x for _, x in points])
+        with torch.enable_grad():
+            out = None
+            if self._vmap_ok:
+                try:
+                    out = torch.func.vmap(self._flat_call)(times, states)
+                except Exception:  # noqa: BLE001 - not vmappable: evaluate point by point
+                    self._vmap_ok = False
+            if out is None:
+                out = torch.stack([self._flat_call(t, x) for t, x in zip(times, states)])
+            if not out.requires_grad:
+                return [None] * len(self.params)
+            return list(torch.autograd.grad(out, self.params, weights, allow_unused=True))
 
     def linearize(self, tau: float, x: torch.Tensor) -> Linearization:
         """g's graph at (tau, x), kept for the many Jacobian products of one Newton or adjoint solve."""
@@ -162,6 +259,11 @@ class VectorField:
 
         ``func`` that refuses a batch of another size (a per-sample tensor inside) gets the second way
         from then on."""
+        if self._prepared:
+            blocks = self._find_prepared(tau, x.numpy(), n_blocks)
+            if blocks is not None:
+                self._point_graph = None
+                return blocks
         self.stats.jacobian_assemblies += 1
         d = len(x) // n_blocks
         self._point_graph = None
@@ -242,18 +344,13 @@ class StageGraphs:
         """The step that ends at ``end`` was accepted: keep its stages, drop rejected attempts'."""
         for start, dt, tau, point, inputs, result in self._pending:
             if start + dt == end:
-                self.kept.setdefault(self._fingerprint(point), []).append((tau, point, inputs, result))
+                self.kept.setdefault(fingerprint(point), []).append((tau, point, inputs, result))
         self._pending = []
-
-    @staticmethod
-    def _fingerprint(x: np.ndarray) -> bytes:
-        """A cheap key: a few entries of the state (``find`` then compares the whole state)."""
-        return x[:: max(1, x.size // 8)].tobytes()
 
     def find(self, tau: float, x: np.ndarray) -> tuple[list, tuple] | None:
         # the state identifies the stage exactly; the adjoint recomputes stage times, so they may
         # differ from the forward's by rounding
-        for stage_tau, point, inputs, result in self.kept.get(self._fingerprint(x), ()):
+        for stage_tau, point, inputs, result in self.kept.get(fingerprint(x), ()):
             if abs(stage_tau - tau) <= same_time_tolerance(tau) and np.array_equal(point, x):
                 return inputs, result
         return None
@@ -319,6 +416,8 @@ class _PartField(VectorField):
         self.keep_point_graph = False
         self._point_graph = None
         self._copies_ok = True
+        self._vmap_ok = True
+        self._prepared = {}
         self.layout = whole.layout
         self.time_dtype = whole.time_dtype
         self.stats = whole.stats

@@ -100,7 +100,9 @@ class StepHooks:
 
     def record_graphs(self, record: bool | None) -> None:
         """Start keeping the stage graphs of the coming steps (dropping older ones), stop (``False``:
-        keep what is kept), or drop them all (``None``)."""
+        keep what is kept), or drop them all (``None``).  Implicit methods record their stage states the
+        same way (for the adjoint's batched stage Jacobians)."""
+        self.driver.problem.record_stages(record)
         graphs = self.driver.field.graphs
         if graphs is None:
             return

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._batching import PROBE_ENTRIES, RECORD_ENTRIES, ParamProbes, StagePoints
 from ._bridge import ParamLayout
 from ._failures import CallbackErrors, guarded
 from ._field import VectorField
@@ -71,17 +72,27 @@ class ImplicitProblem:
         self.options = options
         split = method.imex and is_split(field.func)
         self.implicit_field = field.part(field.func.f_implicit) if split else field
-        self.explicit = (RHSProblem(field.part(field.func.f_explicit), n_local, params, group, errors)
-                         if split else None)
+        # the adjoint's parameter VJPs are deferred and batched (pnode._batching)
+        self.probes = ParamProbes(params.size, n_local)
+        self.explicit = (RHSProblem(field.part(field.func.f_explicit), n_local, params, group, errors,
+                                    probe_columns=self.probes.capacity) if split else None)
         self.strategy = make_strategy(options.jacobian, self.implicit_field, n_local, group, errors,
                                       ts_type=method.ts_type)
+        # strategies built on Jacobian blocks get them for the adjoint's stages in batches: the forward
+        # pass records the stage states (chord Newton's convergence test sees each converged stage)
+        blocks = getattr(self.strategy, "n_blocks", None)
+        rows = n_local // blocks if blocks else 0
+        self.stages = (StagePoints() if blocks and options.newton == "chord" and rows * n_local <= RECORD_ENTRIES
+                       else None)
+        self._prepared_steps = (0, 0)       # steps whose stage Jacobians the field holds, [first, last)
+        self._last_stage: tuple[float, bool] = (0.0, False)    # the latest residual's (time, start slope)
         self.J = self.strategy.matrix
         self._newton_test: WeightedNewtonTest | None = None
         self.exact_jacobians(False)
         self._point_p: tuple[float, torch.Tensor] | None = None
         self._residual = self.J.createVecRight()
-        self._param_shell = (ParamJacobian(self.param_vjp, n_local, self.J.getSize()[0], params.size, group)
-                             if params.size else None)
+        self._param_shell = (ParamJacobian(self.param_vjp, n_local, self.J.getSize()[0], params.size, group,
+                                           probes=self.probes.capacity) if params.size else None)
         self.Jp = self._param_shell.mat if self._param_shell else None
 
     @property
@@ -104,18 +115,80 @@ class ImplicitProblem:
         self.strategy.configure(ts.getSNES().getKSP())
         if self.options.newton == "chord":
             self._free_newton_test()
-            self._newton_test = WeightedNewtonTest(ts, self.errors, self.strategy)
+            self._newton_test = WeightedNewtonTest(ts, self.errors, self.strategy,
+                                                   self._stage_converged if self.stages is not None else None)
             ts.getSNES().setConvergenceTest(self._newton_test)
 
     def _free_newton_test(self) -> None:
         if self._newton_test is not None:
             self._newton_test.free()
-            self._newton_test.ts = None
+            self._newton_test.ts = self._newton_test.on_converged = None
             self._newton_test = None
 
-    def begin_step(self) -> None:
+    def begin_step(self, step: int, tau: float, state: np.ndarray) -> None:
         """A forward step starts: chord Newton evaluates this step's Jacobian afresh."""
         self.strategy.new_step()
+        if self.stages is not None:
+            self.stages.start_step(step, tau, state)
+
+    def record_stages(self, record: bool | None) -> None:
+        """Start recording the coming steps' stage states (dropping older ones), stop (``False``), or
+        drop them all (``None``)."""
+        if self.stages is None:
+            return
+        if record is None or record:
+            self.stages.clear()
+            self.implicit_field.forget_prepared()
+            self._prepared_steps = (0, 0)
+        self.stages.recording = bool(record)
+
+    def _stage_converged(self, snes) -> None:
+        tau, start_slope = self._last_stage
+        if not start_slope:      # that solve's unknown is the start slope, not a stage state
+            self.stages.add(tau, snes.getSolution().getArray(readonly=True))
+
+    def adjoint_piece(self, step: int, n: int) -> int:
+        """TSAdjoint is about to reverse steps ``step - n .. step - 1``.  Evaluates ahead the stage
+        Jacobians of the recorded steps from ``step - 1`` back (as many as fit), and returns how many
+        steps the next ``adjointSolve`` should reverse (all ``n`` when nothing was evaluated ahead: the
+        callbacks then evaluate each stage)."""
+        first, last = self._prepared_steps
+        if first <= step - 1 < last:
+            return min(n, step - first)
+        if self.stages is None or not self.implicit_field.batchable or step - 1 not in self.stages.by_step:
+            return n
+        by_step, n_local = self.stages.by_step, self.J.getLocalSize()[0]
+        points: list = []
+        first = step
+        while first - 1 in by_step and (len(points) + len(by_step[first - 1])) * n_local <= PROBE_ENTRIES:
+            points[:0] = by_step.pop(first - 1)
+            first -= 1
+        if not points or not self.implicit_field.prepare_jacobians(points, self.strategy.n_blocks):
+            self._prepared_steps = (0, 0)
+            return n
+        self._prepared_steps = (first, step)
+        return min(n, step - first)
+
+    def settle_adjoint(self, mu) -> None:
+        """Turn the deferred parameter VJPs into gradient (``mu += ...``, one batched pass)."""
+        if self.probes.pending:
+            self.errors.call(self._settle, mu)
+
+    def _settle(self, mu) -> None:
+        try:
+            self.probes.settle(mu.getArray(), self.implicit_field, self.params, scale=-1.0)   # Jp = -dg/dtheta
+        except BaseException:
+            self.probes.clear()
+            mu.getArray()[:self.params.size] = np.nan    # poison mode: every rank raises at the agreement
+            raise
+        finally:
+            mu.stateIncrease()
+
+    def end_adjoint(self) -> None:
+        """The sweep is over: drop what it evaluated ahead and deferred."""
+        self.probes.clear()
+        self.implicit_field.forget_prepared()
+        self._prepared_steps = (0, 0)
 
     def exact_jacobians(self, exact: bool) -> None:
         """The adjoint needs every stage's exact Jacobian; forward steps may reuse one per step (chord)."""
@@ -158,6 +231,7 @@ class ImplicitProblem:
     def ifunction(self, ts, t, X, Xdot, F):
         out = F.getArray()
         t = self._stage_time(ts, t, X, Xdot)
+        self._last_stage = (t, self._start_slope_state is not None and X.handle == self._start_slope_state)
         self.implicit_field.evaluate_into(t, X.getArray(readonly=True), out)
         np.subtract(Xdot.getArray(readonly=True), out, out=out)
         F.stateIncrease()
@@ -173,7 +247,10 @@ class ImplicitProblem:
 
     @guarded(output=1)
     def param_vjp(self, lam, out):
-        t, x = self._point_p
-        grads = self.implicit_field.vjp(t, x.numpy(), lam.getArray(readonly=True), None)
-        self.params.write(out.getArray(), grads, scale=-1.0)
+        array = out.getArray()
+        if not self.probes.defer(self._point_p, lam.getArray(readonly=True), array):
+            t, x = self._point_p
+            grads = self.implicit_field.vjp(t, x.numpy(), lam.getArray(readonly=True), None)
+            self.params.write(array, grads, scale=-1.0)
+            array[self.params.size:] = 0.0
         out.stateIncrease()

@@ -38,8 +38,9 @@ def _strictest(tolerance) -> float:
 class WeightedNewtonTest:
     """A SNES convergence test (``snes.setConvergenceTest``) in the weighted RMS norm of the update."""
 
-    def __init__(self, ts: PETSc.TS, errors, strategy):
+    def __init__(self, ts: PETSc.TS, errors, strategy, on_converged=None):
         self.ts = ts
+        self.on_converged = on_converged      # called with the SNES when a solve has converged
         self.errors = errors                  # a CallbackErrors
         self.strategy = strategy              # the Jacobian strategy (chord: it may hold a stale Jacobian)
         self._max_it = 50
@@ -53,7 +54,10 @@ class WeightedNewtonTest:
 
     def __call__(self, snes, it: int, norms) -> int:
         try:
-            return self._test(snes, it, norms)
+            reason = self._test(snes, it, norms)
+            if reason > 0 and self.on_converged is not None:
+                self.on_converged(snes)
+            return reason
         except BaseException as error:  # noqa: BLE001 - re-raised by the driver after the solve
             self.errors.record(error)
             return _Reason.DIVERGED_USER

@@ -27,11 +27,26 @@ class Problem(Protocol):
     def install(self, ts: PETSc.TS) -> None:
         """Give ``ts`` this problem's callbacks and Jacobians (and its KSP/PC defaults)."""
 
-    def begin_step(self) -> None:
-        """A forward step starts (implicit methods: chord Newton evaluates the step's Jacobian afresh)."""
+    def begin_step(self, step: int, tau: float, state: np.ndarray) -> None:
+        """Forward step ``step`` starts at ``(tau, state)`` (implicit methods: chord Newton evaluates the
+        step's Jacobian afresh; recorded steps note their stage states)."""
 
     def exact_jacobians(self, exact: bool) -> None:
         """``True`` while the adjoint runs: every stage's Jacobian is evaluated exactly."""
+
+    def record_stages(self, record: bool | None) -> None:
+        """Record the coming forward steps' stage states for the adjoint (``True``, dropping older
+        ones), stop (``False``), or drop them (``None``)."""
+
+    def adjoint_piece(self, step: int, n: int) -> int:
+        """Before TSAdjoint reverses steps ``step - n .. step - 1``: prepare what the adjoint's stages
+        need in batches; returns how many of the steps the next ``adjointSolve`` should reverse."""
+
+    def settle_adjoint(self, mu: PETSc.Vec) -> None:
+        """Add the deferred parameter VJPs into the parameter gradient ``mu``."""
+
+    def end_adjoint(self) -> None:
+        """The backward sweep is over (or failed): drop what it prepared and deferred."""
 
     def destroy(self) -> None:
         """Free every PETSc object the problem created."""

@@ -40,7 +40,7 @@ class RHSProblem:
     option_defaults: dict[str, str] = {}
 
     def __init__(self, field: VectorField, n_local: int, params: ParamLayout, group: RankGroup,
-                 errors: CallbackErrors):
+                 errors: CallbackErrors, probe_columns: int = 0):
         self.field = field
         self.errors = errors
         self.params = params
@@ -51,8 +51,9 @@ class RHSProblem:
         self.J = PETSc.Mat().createPython(((n_local, n_global), (n_local, n_global)), _StateVJP(self),
                                           comm=group.comm)
         self.J.setUp()
-        self._param_shell = (ParamJacobian(self.param_vjp, n_local, n_global, params.size, group)
-                             if params.size else None)
+        # probe_columns: the explicit half of an IMEX split shares the implicit half's parameter space
+        self._param_shell = (ParamJacobian(self.param_vjp, n_local, n_global, params.size, group,
+                                           probes=probe_columns) if params.size else None)
         self.Jp = self._param_shell.mat if self._param_shell else None
         self._work = self.J.createVecRight()
 
@@ -92,15 +93,29 @@ class RHSProblem:
             self.field.stats.vjp_fallbacks += 1
             params = self.field.vjp(t, X.getArray(readonly=True), lam.getArray(readonly=True), None)
         self._cached_param_vjp = None
-        self.params.write(out.getArray(), params)
+        array = out.getArray()
+        self.params.write(array, params)
+        array[self.params.size:] = 0.0
         out.stateIncrease()
 
     # --- wiring --------------------------------------------------------------------------------
-    def begin_step(self) -> None:
+    def begin_step(self, step: int, tau: float, state) -> None:
         """Explicit steps hold no Jacobian between Newton iterations (there are none)."""
 
     def exact_jacobians(self, exact: bool) -> None:
         """Explicit steps need no stage Jacobian in the forward pass."""
+
+    def record_stages(self, record: bool | None) -> None:
+        """Explicit stages are not recorded (``options['keep_graph']`` keeps their graphs instead)."""
+
+    def adjoint_piece(self, step: int, n: int) -> int:
+        return n
+
+    def settle_adjoint(self, mu) -> None:
+        """Explicit steps' parameter VJPs come with their state VJPs: nothing is deferred."""
+
+    def end_adjoint(self) -> None:
+        pass
 
     def install(self, ts) -> None:
         ts.setRHSFunction(self.rhs, self._work)

@@ -18,9 +18,11 @@ class ParamJacobian:
     """Python context of the shell Mat ``Jp``; ``transpose_product(lam, out)`` fills ``out = Jp^T lam``."""
 
     def __init__(self, transpose_product: Callable, n_local: int, n_global: int, n_params: int,
-                 group: RankGroup):
+                 group: RankGroup, probes: int = 0):
         self._transpose_product = transpose_product
-        self.mat = PETSc.Mat().createPython(((n_local, n_global), (n_params, n_params * group.size)), self,
+        # each rank's columns: the parameters, then the probe entries of deferred VJPs (pnode._batching)
+        columns = n_params + probes
+        self.mat = PETSc.Mat().createPython(((n_local, n_global), (columns, columns * group.size)), self,
                                             comm=group.comm)
         self.mat.setUp()
 
