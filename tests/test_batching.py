@@ -95,7 +95,8 @@ def test_probes_hold_the_coefficients_petsc_applied():
     params = pnode._bridge.ParamLayout.of([weight])
     probes = _batching.ParamProbes(params.size, 2)
     mu = torch.zeros(params.size + probes.capacity, dtype=torch.float64).numpy()
-    p1, p2 = (0.5, torch.tensor([1.0, -2.0], dtype=torch.float64)), (0.25, torch.tensor([0.3, 0.7], dtype=torch.float64))
+    p1 = (0.5, torch.tensor([1.0, -2.0], dtype=torch.float64))
+    p2 = (0.25, torch.tensor([0.3, 0.7], dtype=torch.float64))
     calls = [(p1, [1.0, 0.0], 2.0), (p1, [0.0, 1.0], -3.0), (p2, [1.0, 1.0], 0.5)]
     out = torch.zeros_like(torch.from_numpy(mu)).numpy()
     for point, cotangent, coefficient in calls:
