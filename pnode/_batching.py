@@ -29,13 +29,16 @@ if TYPE_CHECKING:
     from ._bridge import ParamLayout
     from ._field import VectorField
 
-# one batched Jacobian pass holds at most this many state entries (stages x Jacobian rows x unknowns)
-BATCH_ENTRIES = 1 << 18
+# one vectorized pass holds at most this many state entries (stages x Jacobian rows x unknowns): its
+# transient graph is this times the field's activations per entry (about 10 MiB for a 16-wide MLP)
+BATCH_ENTRIES = 1 << 16
+# Jacobian blocks evaluated ahead of TSAdjoint at once: at most this many entries (8 MiB)
+PREPARED_ENTRIES = 1 << 20
 # stage states are recorded only where one stage's Jacobian rows (rows x unknowns) are at most this
-RECORD_ENTRIES = 1 << 16
+RECORD_ENTRIES = 1 << 13
 # deferred parameter cotangents held at once: at most this many probes, and this many float64 entries
 MAX_PROBES = 4096
-PROBE_ENTRIES = 1 << 22
+PROBE_ENTRIES = 1 << 20
 
 
 def fingerprint(x: np.ndarray) -> bytes:
@@ -76,9 +79,9 @@ class ParamProbes:
     The parameter space PETSc sees is ``n_params`` real entries followed by :attr:`capacity` probe
     entries.  A full set of probes falls back to computing the VJP at once (``defer`` returns False)."""
 
-    def __init__(self, n_params: int, n_local: int):
+    def __init__(self, n_params: int, n_local: int, enabled: bool = True):
         self.n_params = n_params
-        self.capacity = min(MAX_PROBES, PROBE_ENTRIES // max(1, n_local)) if n_params else 0
+        self.capacity = min(MAX_PROBES, PROBE_ENTRIES // max(1, n_local)) if n_params and enabled else 0
         self._points: list[tuple[float, torch.Tensor]] = []
         self._cotangents: list[tuple[int, np.ndarray]] = []     # (point index, cotangent) per probe
 
@@ -98,6 +101,10 @@ class ParamProbes:
     @property
     def pending(self) -> int:
         return len(self._cotangents)
+
+    @property
+    def half_full(self) -> bool:
+        return 2 * len(self._cotangents) > self.capacity
 
     def settle(self, mu: np.ndarray, field: VectorField, layout: ParamLayout, scale: float) -> None:
         """``mu[:n_params] += scale * sum_k mu[probe k] * (dg/dtheta)^T c_k``; the probes are reset."""

@@ -443,13 +443,13 @@ class Driver:
             self.ts.adjointSetSteps(piece)
             self.ts.adjointSolve()
             n -= piece
-        if settle:
-            self.settle_adjoint()
+            self.settle_adjoint(force=settle and n == 0)
 
-    def settle_adjoint(self) -> None:
-        """Add the problem's deferred parameter VJPs into the running sweep's parameter gradient."""
+    def settle_adjoint(self, force: bool = True) -> None:
+        """Add the problem's deferred parameter VJPs into the running sweep's parameter gradient (without
+        ``force`` only when they fill half the room for them)."""
         if self._sweep.mu is not None:
-            self.problem.settle_adjoint(self._sweep.mu)
+            self.problem.settle_adjoint(self._sweep.mu, force)
 
     def add_to_cost_gradient(self, values: np.ndarray) -> None:
         self._sweep.add_to_cost_gradient(values)

@@ -42,8 +42,9 @@ class Problem(Protocol):
         """Before TSAdjoint reverses steps ``step - n .. step - 1``: prepare what the adjoint's stages
         need in batches; returns how many of the steps the next ``adjointSolve`` should reverse."""
 
-    def settle_adjoint(self, mu: PETSc.Vec) -> None:
-        """Add the deferred parameter VJPs into the parameter gradient ``mu``."""
+    def settle_adjoint(self, mu: PETSc.Vec, force: bool = True) -> None:
+        """Add the deferred parameter VJPs into the parameter gradient ``mu`` (without ``force``: only
+        when the deferred ones fill half the room for them)."""
 
     def end_adjoint(self) -> None:
         """The backward sweep is over (or failed): drop what it prepared and deferred."""

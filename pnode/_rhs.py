@@ -111,7 +111,7 @@ class RHSProblem:
     def adjoint_piece(self, step: int, n: int) -> int:
         return n
 
-    def settle_adjoint(self, mu) -> None:
+    def settle_adjoint(self, mu, force: bool = True) -> None:
         """Explicit steps' parameter VJPs come with their state VJPs: nothing is deferred."""
 
     def end_adjoint(self) -> None:
