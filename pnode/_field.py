@@ -218,11 +218,20 @@ class VectorField:
 
     def param_vjps(self, points: list[tuple[float, torch.Tensor]], weights: torch.Tensor
                    ) -> list[torch.Tensor | None]:
-        """``sum_k (dg/dtheta (tau_k, x_k))^T w_k`` per parameter: one vmapped evaluation over the points
-        (or, for a ``func`` that does not run under vmap, one evaluation per point) and one reverse pass."""
+        """``sum_k (dg/dtheta (tau_k, x_k))^T w_k`` per parameter: vmapped evaluations over the points
+        (at most :data:`~pnode._batching.BATCH_ENTRIES` state entries per pass; for a ``func`` that does
+        not run under vmap, one evaluation per point) and one reverse pass per chunk."""
         self.stats.vjp_evals += len(points)
         if not self.params:
             return []
+        total: list[torch.Tensor | None] = [None] * len(self.params)
+        per_pass = max(1, BATCH_ENTRIES // self.layout.size)
+        for lo in range(0, len(points), per_pass):
+            grads = self._param_vjps(points[lo:lo + per_pass], weights[lo:lo + per_pass])
+            total = [g if t is None else t if g is None else t + g for t, g in zip(total, grads)]
+        return total
+
+    def _param_vjps(self, points, weights) -> list[torch.Tensor | None]:
         times = self._times(points)
         states = torch.stack([x for _, x in points])
         with torch.enable_grad():
