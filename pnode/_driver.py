@@ -380,8 +380,10 @@ class Driver:
         ts, stats = self.ts, self.stats
         stats.rejected_steps += ts.getStepRejections()
         if self.method.implicit:
-            stats.newton_iterations += ts.getSNESIterations()
-            stats.krylov_iterations += ts.getKSPIterations()
+            counts = self.problem.take_iterations(ts)
+            newton, krylov = counts if counts is not None else (ts.getSNESIterations(), ts.getKSPIterations())
+            stats.newton_iterations += newton
+            stats.krylov_iterations += krylov
             stats.nonlinear_solve_failures += ts.getSNESFailures()
 
     # ------------------------------------------------------------------ failures

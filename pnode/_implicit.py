@@ -21,8 +21,9 @@ from ._bridge import ParamLayout
 from ._failures import CallbackErrors, guarded
 from ._field import VectorField
 from ._jacobian import make_strategy
-from ._newton import WeightedNewtonTest
+from ._newton import ChordNewton, WeightedNewtonTest
 from ._options import SolveOptions
+from ._petsc import PETSc
 from ._rhs import RHSProblem
 from ._shells import ParamJacobian
 from .distributed import RankGroup
@@ -90,6 +91,7 @@ class ImplicitProblem:
         self._last_stage: tuple[float, bool] = (0.0, False)    # the latest residual's (time, start slope)
         self.J = self.strategy.matrix
         self._newton_test: WeightedNewtonTest | None = None
+        self._chord: ChordNewton | None = None
         self.exact_jacobians(False)
         self._point_p: tuple[float, torch.Tensor] | None = None
         self._residual = self.J.createVecRight()
@@ -119,13 +121,29 @@ class ImplicitProblem:
             self._free_newton_test()
             self._newton_test = WeightedNewtonTest(ts, self.errors, self.strategy,
                                                    self._stage_converged if self.stages is not None else None)
-            ts.getSNES().setConvergenceTest(self._newton_test)
+            snes = ts.getSNES()
+            snes.setConvergenceTest(self._newton_test)
+            # pnode's Newton loop (before the options database is read: -snes_type still chooses PETSc's)
+            self._chord = ChordNewton(self._newton_test)
+            snes.setType(PETSc.SNES.Type.PYTHON)
+            snes.setPythonContext(self._chord)
 
     def _free_newton_test(self) -> None:
         if self._newton_test is not None:
             self._newton_test.free()
             self._newton_test.ts = self._newton_test.on_converged = None
             self._newton_test = None
+            self._chord = None
+
+    def take_iterations(self, ts) -> tuple[int, int] | None:
+        """Newton and Krylov iterations of pnode's Newton loop since the last call (``None`` when PETSc's
+        own SNES runs, ``-snes_type``: then the TS counts them)."""
+        chord = self._chord
+        if chord is None or ts.getSNES().getType() != PETSc.SNES.Type.PYTHON:
+            return None
+        counts = (chord.iterations, chord.linear_iterations)
+        chord.iterations = chord.linear_iterations = 0
+        return counts
 
     def begin_step(self, step: int, tau: float, state: np.ndarray) -> None:
         """A forward step starts: chord Newton evaluates this step's Jacobian afresh."""

@@ -98,6 +98,16 @@ class JacobianStrategy:
         """A step starts: the next :meth:`update` evaluates ``dg/dy`` again."""
         self._kept = False
 
+    @property
+    def holds_jacobian(self) -> bool:
+        """Chord Newton may go on with the matrix as it is (no :meth:`update` needed)."""
+        return self.reuse and self._kept and self._pristine
+
+    def reused(self) -> None:
+        """A Newton iteration goes on with the kept matrix (instead of an :meth:`update`)."""
+        self.fresh = False
+        self.field.stats.jacobian_reuses += 1
+
     # called from the IJacobian callback
     def update(self, tau: float, x: np.ndarray, shift: float) -> None:
         # a new shift is a retried step (smaller) or another stage coefficient: evaluate afresh

@@ -65,7 +65,7 @@ class WeightedNewtonTest:
     def _test(self, snes, it: int, norms) -> int:
         _, _, fnorm = norms
         if not math.isfinite(fnorm):
-            return self._fatal(_Reason.DIVERGED_FNORM_NAN)
+            return self._fatal(_Reason.DIVERGED_FUNCTION_NANORINF)
         if it == 0:
             self._previous = math.inf
             self._rate = 0.5
@@ -80,7 +80,7 @@ class WeightedNewtonTest:
             return self._petsc_test(it, norms)
         size = self._update_norm(snes)
         if not math.isfinite(size):
-            return self._fatal(_Reason.DIVERGED_FNORM_NAN)
+            return self._fatal(_Reason.DIVERGED_FUNCTION_NANORINF)
         # the remaining error after a contraction with rate rho is about rho / (1 - rho) * |dx|; the rate
         # is measured from the last two updates (before that, 1/2: |dx| itself must be small)
         if it > 1:
@@ -101,6 +101,11 @@ class WeightedNewtonTest:
         if it >= self._max_it:
             return self._fail(_Reason.DIVERGED_MAX_IT)
         return _Reason.ITERATING
+
+    @property
+    def on_residual(self) -> bool:
+        """The test in use is PETSc's, on the residual (Newton tolerances given as PETSc options)."""
+        return self._given is not None
 
     def _petsc_test(self, it: int, norms) -> int:
         """PETSc's default test (SNESConvergedDefault) with the user's tolerances."""
@@ -127,6 +132,11 @@ class WeightedNewtonTest:
         self.strategy.new_step()      # the retried step starts with a fresh Jacobian
         return reason
 
+    def failed(self, reason: int) -> int:
+        """A failure found outside the test (the Newton loop's line search): a NaN residual ends the
+        solve (see :meth:`_fatal`), others let the TS retry the step."""
+        return self._fatal(reason) if reason == _Reason.DIVERGED_FUNCTION_NANORINF else self._fail(reason)
+
     def _update_norm(self, snes) -> float:
         x, dx = snes.getSolution(), snes.getSolutionUpdate()
         if self._weights is None or self._weights.getLocalSize() != x.getLocalSize():
@@ -146,3 +156,100 @@ class WeightedNewtonTest:
             if vec is not None:
                 vec.destroy()
         self._weights = self._scaled = None
+
+
+class ChordNewton:
+    """Chord Newton's loop, as PETSc's SNES (a Python SNES: ``snes.setType('python')``).
+
+    PETSc's ``newtonls`` evaluates the residual at every new iterate, the last one included, and its
+    backtracking line search applies the Jacobian once per iteration for the slope.  Chord Newton's
+    test (:class:`WeightedNewtonTest`) decides on the update alone, so this loop stops without the
+    residual at the converged iterate (about a quarter of the forward pass's residuals), re-forms the
+    Jacobian only at a solve's start or when the test re-evaluated it, and backtracks (halving the step,
+    at most :data:`MAX_HALVINGS` times) only when the residual's norm grew: the iterates are those of
+    ``newtonls`` whenever its full step is accepted.  The Krylov solve is PETSc's KSP of this SNES, so
+    ``-ksp_*`` and ``-pc_*`` options still apply; ``-snes_type`` chooses another SNES."""
+
+    MAX_HALVINGS = 10
+
+    def __init__(self, test: WeightedNewtonTest):
+        self.test = test
+        # PETSc's linear-iteration counter cannot be set from Python, and the TS leaves the start-slope
+        # solves out of its Newton count: the driver reads these instead (every solve of this SNES)
+        self.iterations = 0
+        self.linear_iterations = 0
+
+    def solve(self, snes, b, x) -> None:
+        try:
+            self._solve(snes, x)
+        except BaseException as error:  # noqa: BLE001 - re-raised by the driver as itself
+            self.test.errors.record(error)
+            raise
+
+    def _solve(self, snes, x) -> None:
+        test, strategy = self.test, self.test.strategy
+        residual, y = snes.getFunction()[0], snes.getSolutionUpdate()
+        ksp = snes.getKSP()
+        jacobian, preconditioner = snes.getJacobian()[:2]
+        snes.computeFunction(x, residual)
+        fnorm = residual.norm()
+        reason = test(snes, 0, (0.0, 0.0, fnorm))
+        it = 0
+        form = True           # a solve's first Jacobian: its shift may be new
+        while reason == _Reason.ITERATING:
+            if form or not strategy.holds_jacobian:
+                snes.computeJacobian(x, jacobian, preconditioner)
+                ksp.setOperators(jacobian, preconditioner)
+                form = False
+            else:
+                strategy.reused()
+            ksp.solve(residual, y)
+            self.linear_iterations += ksp.getIterationNumber()
+            if ksp.getConvergedReason() < 0:
+                reason = _Reason.DIVERGED_LINEAR_SOLVE
+                break
+            x.axpy(-1.0, y)
+            it += 1
+            self.iterations += 1
+            snes.setIterationNumber(it)
+            if test.on_residual:
+                # PETSc's test with the user's tolerances needs the residual at the new iterate first
+                snes.computeFunction(x, residual)
+                previous, fnorm = fnorm, residual.norm()
+                reason = test(snes, it, (x.norm(), y.norm(), fnorm))
+                if reason == _Reason.ITERATING and not fnorm <= previous:
+                    fnorm, reason = self._backtrack_or_fail(snes, x, y, residual, previous)
+                continue
+            reason = test(snes, it, (0.0, 0.0, fnorm))
+            if reason == _Reason.ITERATING:
+                fnorm, reason = self._residual(snes, x, y, residual, fnorm)
+        snes.setFunctionNorm(fnorm)
+        snes.setConvergedReason(reason)
+
+    def _residual(self, snes, x, y, residual, previous: float) -> tuple[float, int]:
+        """The residual at the new iterate, backing off along the update if its norm grew."""
+        snes.computeFunction(x, residual)
+        fnorm = residual.norm()
+        if not fnorm <= previous:          # grew (or NaN): back off along the update
+            return self._backtrack_or_fail(snes, x, y, residual, previous)
+        return fnorm, _Reason.ITERATING
+
+    def _backtrack_or_fail(self, snes, x, y, residual, previous: float) -> tuple[float, int]:
+        fnorm = self._backtrack(snes, x, y, residual, previous)
+        if fnorm <= previous:
+            return fnorm, _Reason.ITERATING
+        return fnorm, self.test.failed(_Reason.DIVERGED_LINE_SEARCH if math.isfinite(fnorm)
+                                       else _Reason.DIVERGED_FUNCTION_NANORINF)
+
+    def _backtrack(self, snes, x, y, residual, previous: float) -> float:
+        step = 1.0
+        fnorm = math.inf
+        for _ in range(self.MAX_HALVINGS):
+            x.axpy(step / 2, y)              # x = x_old - (step / 2) * y
+            step /= 2
+            snes.computeFunction(x, residual)
+            fnorm = residual.norm()
+            if fnorm <= previous:
+                break
+        y.scale(step)                          # the update taken, for the test's contraction rate
+        return fnorm

@@ -34,6 +34,10 @@ class Problem(Protocol):
     def exact_jacobians(self, exact: bool) -> None:
         """``True`` while the adjoint runs: every stage's Jacobian is evaluated exactly."""
 
+    def take_iterations(self, ts: PETSc.TS) -> tuple[int, int] | None:
+        """Newton and Krylov iterations of pnode's own Newton loop since the last call (PETSc cannot count
+        them), or ``None`` when the TS counts them."""
+
     def record_stages(self, record: bool | None) -> None:
         """Record the coming forward steps' stage states for the adjoint (``True``, dropping older
         ones), stop (``False``), or drop them (``None``)."""

@@ -105,6 +105,9 @@ class RHSProblem:
     def exact_jacobians(self, exact: bool) -> None:
         """Explicit steps need no stage Jacobian in the forward pass."""
 
+    def take_iterations(self, ts) -> tuple[int, int] | None:
+        return None
+
     def record_stages(self, record: bool | None) -> None:
         """Explicit stages are not recorded (``options['keep_graph']`` keeps their graphs instead)."""
 

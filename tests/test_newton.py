@@ -165,3 +165,62 @@ def test_batched_blocks_from_copies_agree_with_dense_jacobian(make):
     assert rel_err(ys_b, ys_d) < 1e-12
     for a, b in zip(g_d, g_b):
         assert rel_err(b, a) < 1e-11
+
+
+def test_pnode_newton_loop_matches_petsc_newtonls_and_skips_the_last_residual(mlp):
+    """pnode's chord loop (a Python SNES) against PETSc's newtonls running the same convergence test
+    (``-snes_type newtonls``): where newtonls takes its full steps the iterates are the same, so the
+    steps, the outputs and the gradients agree to rounding; pnode's loop evaluates no residual at the
+    converged iterate (one per stage solve fewer) and no Jacobian product for a line-search slope."""
+    func, y0 = Robertson(), torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.05, 0.05]], requires_grad=True)
+    t = torch.cat([torch.zeros(1), torch.logspace(-4, 1, 6)])
+    results = {}
+    for snes in (None, "newtonls"):
+        solver = pnode.ODESolver(func, method="arkimex4", rtol=1e-7, atol=1e-11,
+                                 options={"jacobian": "batched", **({"petsc": {"snes_type": snes}} if snes else {})})
+        ys = solver(y0, t)
+        grads = torch.autograd.grad(ys.pow(2).sum() + ys[-1, :, 1].sum(), [y0, *func.parameters()])
+        results[snes] = (ys.detach(), grads, solver.stats)
+    (ys, grads, mine), (ys_ls, grads_ls, theirs) = results[None], results["newtonls"]
+    assert (mine.steps, mine.rejected_steps) == (theirs.steps, theirs.rejected_steps)
+    # pnode counts the start-slope solve's iterations too, which the TS leaves out of its count
+    assert 0 <= mine.newton_iterations - theirs.newton_iterations <= 5
+    # same iterates, evaluated in another order of PETSc calls: rounding only
+    assert rel_err(ys, ys_ls) < 1e-13
+    for g, w in zip(grads, grads_ls):
+        assert rel_err(g, w) < 1e-11
+    # arkimex4: 5 implicit stage solves per step tried, each one residual fewer
+    assert theirs.rhs_evals - mine.rhs_evals >= 5 * (theirs.steps + theirs.rejected_steps)
+    assert mine.krylov_iterations == mine.newton_iterations       # preonly: one block solve per iteration
+
+
+def test_overshooting_newton_step_is_backtracked(monkeypatch):
+    """Backward Euler on y' = -1000 atan(y) from y = 3 with h = 0.1: the Newton step from y = 3 lands at
+    y ~ -9.5, where the residual is larger (atan's slope falls off), so the loop halves the step.
+    Oracle: each step's scalar equation y + 100 atan(y) = y_old solved by bisection to rounding."""
+    import math
+
+    calls = []
+    original = pnode._newton.ChordNewton._backtrack
+    monkeypatch.setattr(pnode._newton.ChordNewton, "_backtrack",
+                        lambda self, *args: calls.append(1) or original(self, *args))
+
+    class Atan(torch.nn.Module):
+        def forward(self, t, y):
+            return -1000.0 * torch.atan(y)
+
+    h = 0.1
+    with torch.no_grad():
+        ys, _ = _solve(Atan(), torch.tensor([3.0]), torch.tensor([0.0, 0.1, 0.2]), "chord", method="beuler",
+                       step_size=h)
+    expected, y = [3.0], 3.0
+    for _ in range(2):
+        lo, hi = -abs(y) - 1, abs(y) + 1          # the residual is increasing: one root in between
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if mid + 1000 * h * math.atan(mid) - y < 0 else (lo, mid)
+        y = 0.5 * (lo + hi)
+        expected.append(y)
+    assert calls, "the overshooting step was not backtracked"
+    # rtol 1e-8, atol 1e-12: Newton stops at 1e-4 of that; y ~ 3e-2 then 3e-4
+    assert rel_err(ys.reshape(-1), torch.tensor(expected)) < 1e-10
