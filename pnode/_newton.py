@@ -193,6 +193,7 @@ class ChordNewton:
         jacobian, preconditioner = snes.getJacobian()[:2]
         snes.computeFunction(x, residual)
         fnorm = residual.norm()
+        snes.monitor(0, fnorm)            # -snes_monitor and friends: each residual the loop computes
         reason = test(snes, 0, (0.0, 0.0, fnorm))
         it = 0
         form = True           # a solve's first Jacobian: its shift may be new
@@ -216,6 +217,7 @@ class ChordNewton:
                 # PETSc's test with the user's tolerances needs the residual at the new iterate first
                 snes.computeFunction(x, residual)
                 previous, fnorm = fnorm, residual.norm()
+                snes.monitor(it, fnorm)
                 reason = test(snes, it, (x.norm(), y.norm(), fnorm))
                 if reason == _Reason.ITERATING and not fnorm <= previous:
                     fnorm, reason = self._backtrack_or_fail(snes, x, y, residual, previous)
@@ -223,6 +225,7 @@ class ChordNewton:
             reason = test(snes, it, (0.0, 0.0, fnorm))
             if reason == _Reason.ITERATING:
                 fnorm, reason = self._residual(snes, x, y, residual, fnorm)
+                snes.monitor(it, fnorm)
         snes.setFunctionNorm(fnorm)
         snes.setConvergedReason(reason)
 
