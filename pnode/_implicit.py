@@ -133,6 +133,7 @@ class ImplicitProblem:
             self._newton_test.free()
             self._newton_test.ts = self._newton_test.on_converged = None
             self._newton_test = None
+            self._chord.test = None           # the SNES keeps its Python context until it is destroyed
             self._chord = None
 
     def take_iterations(self, ts) -> tuple[int, int] | None:
@@ -179,12 +180,13 @@ class ImplicitProblem:
             return n
         by_step, n_local = self.stages.by_step, self.J.getLocalSize()[0]
         entries = n_local * n_local // self.strategy.n_blocks        # one stage's Jacobian rows
-        points: list = []
-        first = step
-        while first - 1 in by_step and (not points or (len(points) + len(by_step[first - 1])) * entries
-                                        <= PREPARED_ENTRIES):
-            points[:0] = by_step.pop(first - 1)
+        runs: list[list] = []           # the steps' points, last step first
+        count, first = 0, step
+        while first - 1 in by_step and (not runs or (count + len(by_step[first - 1])) * entries <= PREPARED_ENTRIES):
+            runs.append(by_step.pop(first - 1))
+            count += len(runs[-1])
             first -= 1
+        points = [point for run in reversed(runs) for point in run]
         if not points or not self.implicit_field.prepare_jacobians(points, self.strategy.n_blocks):
             self._prepared_steps = (0, 0)
             return n

@@ -8,6 +8,9 @@ controller uses, ``||dx_i / (atol + rtol |x_i|)||_rms <= kappa``, so every compo
 fraction ``kappa`` of the accuracy asked of the step.  Newton tolerances given as PETSc options
 (``-snes_rtol``, ``-snes_atol``, ``-snes_stol``) switch back to PETSc's own test with them.  The norm is a
 PETSc Vec norm, so under MPI every rank takes the same decision.
+
+:class:`ChordNewton` is the loop around the test, as PETSc's SNES: deciding on the update, it needs no
+residual at the converged iterate and no line-search Jacobian product.
 """
 
 from __future__ import annotations
