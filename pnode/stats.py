@@ -25,19 +25,22 @@ class SolveStats:
     rhs_evals : int
         Evaluations of the vector field (forward, plus re-solves and ``dL/dt`` evaluations).
     vjp_evals : int
-        Autograd passes giving the state and parameter VJPs together (one per stage per step).
+        Vector-Jacobian products, state and parameter ones of a stage counted once (one per stage per
+        step; the implicit adjoint's batched pass counts one per stage point).
     vjp_fallbacks : int
         Parameter VJPs that could not reuse the fused pass (should stay 0).
     jvp_evals : int
         Jacobian-vector products (implicit methods, matrix-free Newton-Krylov).
     jacobian_assemblies : int
         Jacobian evaluations (dense or per-sample blocks; each Newton iteration of the assembled
-        strategies, and each stage of the adjoint).
+        strategies, and each stage of the adjoint, evaluated ahead in vectorized passes for small
+        states).
     jacobian_reuses : int
         Newton iterations of forward steps that reused the step's Jacobian instead (chord Newton,
         ``options['newton'] = 'chord'``).
     newton_iterations : int
-        Nonlinear iterations of the forward solve.
+        Nonlinear iterations of the forward solve (with pnode's chord loop, the ARKIMEX/DIRK start-slope
+        solves included).
     krylov_iterations : int
         Linear iterations of the forward solve.
     nonlinear_solve_failures : int
