@@ -23,7 +23,8 @@ model) trained with diffrax ``Kvaerno5`` + ``PIDController`` (same rtol/atol) + 
 (jacobian 'batched'), for each horizon in ``--horizons`` and batch in ``--batches``: one process per cell
 runs both, alternating timed steps, with compile time reported apart; final-state error of each against
 scipy Radau; pnode's Newton and Krylov iterations per step; peak RSS growth during the timed steps; the
-relative difference of the two losses and gradients (same model, both solvers at rtol 1e-6).
+relative difference of the two losses and gradients (same model, both solvers at rtol 1e-6).  ``--trace``
+runs pnode with ``options['trace']`` (the field's ``torch.jit.trace`` for its no-grad evaluations).
 
     python benchmarks/stiff.py --threads 1 [--quick]   ->  benchmarks/results/stiff.md
     python benchmarks/stiff.py --threads 1 --parts diffrax --batches 4 64 --horizons 1 --repeats 2   (short)
@@ -324,7 +325,7 @@ def _proc_status_kib(key: str) -> int:
     raise OSError(f"{key} not in /proc/self/status")
 
 
-def diffrax_child(batch: int, t_end: float, repeats: int, threads: int) -> dict:
+def diffrax_child(batch: int, t_end: float, repeats: int, threads: int, trace: bool = False) -> dict:
     """One (T, batch) cell of part 3: the diffrax peer and pnode arkimex4 on the same model and the same
     initial parameters, timed steps alternating (diffrax first in even rounds, pnode first in odd ones)."""
     from _diffrax_peer import DiffraxStep, configure_jax, grads_to_torch_order, params_from_torch
@@ -341,7 +342,8 @@ def diffrax_child(batch: int, t_end: float, repeats: int, threads: int) -> dict:
     model, y0, t, scale = build(batch, t_end)
     params = params_from_torch(model)
     peer = DiffraxStep(y0.numpy(), t.numpy(), SCALE, RTOL, ATOL)
-    solver = pnode.ODESolver(model, method="arkimex4", rtol=RTOL, atol=ATOL, options={"jacobian": "batched"})
+    solver = pnode.ODESolver(model, method="arkimex4", rtol=RTOL, atol=ATOL,
+                             options={"jacobian": "batched", "trace": trace})
     torch_params = list(model.parameters())
 
     def pnode_step():
@@ -412,7 +414,7 @@ def run(args, child_args: list[str], in_process: bool, timeout: float) -> dict:
 
 def dispatch(args) -> dict:
     if args.diffrax_cell:
-        return diffrax_child(args.batch, args.t_end, args.repeats, args.threads)
+        return diffrax_child(args.batch, args.t_end, args.repeats, args.threads, args.trace)
     if args.scan:
         return scan_child(args.batch, args.jacobian, args.t_end, args.threads)
     return child(args.variant, args.batch, args.t_end, args.repeats, args.threads, args.cap_s, args.max_steps,
@@ -550,7 +552,8 @@ def diffrax_part(args, in_process: bool) -> tuple[list[list], list[str]]:
             ref = reference(batch, t_end)
             print(f"diffrax vs pnode: T={t_end:g}, batch {batch} ...", flush=True)
             child_args = ["--diffrax-cell", "--batch", str(batch), "--t-end", repr(t_end),
-                          "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                          "--repeats", str(args.repeats), "--threads", str(args.threads)] + (
+                          ["--trace"] if args.trace else [])
             r = run(args, child_args, in_process, timeout=args.child_timeout)
             RAW.append({"part": "diffrax", "t_end": t_end, "batch": batch, **r})
             print("   ", {k: v for k, v in r.items() if not k.endswith("final")}, flush=True)
@@ -618,6 +621,8 @@ def parse(argv=None):
     parser.add_argument("--max-steps", type=int, default=200_000, help="step cap (explicit peers: ~7 evals/step)")
     parser.add_argument("--child-timeout", type=float, default=600.0, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    parser.add_argument("--trace", action="store_true",
+                        help="part diffrax: pnode with options['trace'] (func's torch.jit.trace for no-grad calls)")
     args, _ = parser.parse_known_args(argv)
     return args
 
@@ -672,7 +677,8 @@ def main() -> None:
         peer_header = ["T", "batch", "diffrax s/iter", "pnode s/iter", "pnode / diffrax", "diffrax compile s",
                        "diffrax rel err", "pnode rel err", "diffrax steps/sample", "pnode steps", "Newton/step",
                        "Krylov/step", "peak MiB diffrax / pnode", "loss diff", "grad diff"]
-        sections.append("### pnode arkimex4 vs diffrax Kvaerno5 (JAX), training step\n\n"
+        traced = " (pnode with options['trace'])" if args.trace else ""
+        sections.append(f"### pnode arkimex4 vs diffrax Kvaerno5 (JAX), training step{traced}\n\n"
                         + table_text(peer_header, pad(peer_rows, len(peer_header))) + "\n\n" + " ".join(peer_notes))
     load = os.getloadavg()
     footer = (f"torch threads: {args.threads or 'default'}; load average (1/5/15 min) at the end: "

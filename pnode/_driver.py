@@ -99,6 +99,8 @@ class Driver:
         self.errors = CallbackErrors(poison=group.distributed)
         self.field = VectorField(func, spec.layout, spec.time_dtype, stats)
         self.field.bind(spec)
+        if options.trace:
+            self.field.use_trace()
         if options.keep_graph:
             if method.form != "rhs":
                 raise InvalidArgumentError(

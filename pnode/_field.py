@@ -17,6 +17,7 @@ from ._batching import BATCH_ENTRIES, fingerprint
 from ._bridge import StateLayout
 from ._spec import SolveSpec
 from ._timegrid import same_time_tolerance
+from ._tracing import TracedCall
 from .stats import SolveStats
 
 # jacobian_blocks stacks d copies of the batch while d * (unknowns) stays below this
@@ -43,6 +44,8 @@ class VectorField:
         self._point_graph: tuple[float, np.ndarray, torch.Tensor] | None = None
         self._copies_ok = True            # func accepts a batch of another size (jacobian_blocks)
         self._vmap_ok = True              # func runs under torch.func.vmap (the adjoint's batched passes)
+        self.traced: TracedCall | None = None     # options['trace']: func's trace for no-grad evaluations
+        self.generation = 0               # counts solves (bind): a trace is checked once per solve
         # Jacobian blocks evaluated ahead for the adjoint's stages: fingerprint -> [(tau, x, blocks)]
         self._prepared: dict[bytes, list[tuple[float, np.ndarray, torch.Tensor]]] = {}
 
@@ -50,6 +53,11 @@ class VectorField:
         """Take this call's time direction and parameters (the driver calls it at entry)."""
         self.sign = spec.sign
         self.params = spec.params
+        self.generation += 1
+
+    def use_trace(self) -> None:
+        """``options['trace']``: no-grad evaluations call ``func``'s trace (:mod:`pnode._tracing`)."""
+        self.traced = TracedCall(self.func)
 
     def time(self, tau: float) -> torch.Tensor:
         t = torch.scalar_tensor(self.sign * tau, dtype=self.time_dtype)
@@ -73,7 +81,10 @@ class VectorField:
             layout.write(out, result, self.sign)
             return
         with torch.no_grad():
-            result = self.func(self.time(tau), layout.pack(layout.views(x)))
+            state = layout.pack(layout.views(x))
+            traced = self.traced
+            result = (self.func(self.time(tau), state) if traced is None
+                      else traced(self.time(tau), state, self.generation))
             layout.write(out, layout.check_output(result), self.sign)
 
     def evaluate(self, tau: float, x: torch.Tensor) -> torch.Tensor:
@@ -326,8 +337,11 @@ class VectorField:
 
     def part(self, func: Callable) -> VectorField:
         """A field evaluating ``func`` that follows this field's time direction and parameters (the
-        implicit or explicit half of an IMEX split)."""
-        return _PartField(func, self)
+        implicit or explicit half of an IMEX split); traced too when this field is."""
+        part = _PartField(func, self)
+        if self.traced is not None:
+            part.use_trace()
+        return part
 
 
 class StageGraphs:
@@ -427,6 +441,7 @@ class _PartField(VectorField):
         self._copies_ok = True
         self._vmap_ok = True
         self._prepared = {}
+        self.traced = None
         self.layout = whole.layout
         self.time_dtype = whole.time_dtype
         self.stats = whole.stats
@@ -442,3 +457,7 @@ class _PartField(VectorField):
     @property
     def nudge(self):
         return self.whole.nudge
+
+    @property
+    def generation(self) -> int:
+        return self.whole.generation
