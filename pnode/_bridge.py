@@ -71,6 +71,7 @@ class StateLayout:
     is_tuple: bool
     slices: tuple[tuple[int, int, tuple[int, ...]], ...] = field(init=False, repr=False, compare=False)
     needs_cast: bool = field(init=False, repr=False, compare=False)
+    plain: bool = field(init=False, repr=False, compare=False)     # one float64 CPU tensor: no casts, one part
 
     def __post_init__(self):
         slices, offset = [], 0
@@ -80,6 +81,7 @@ class StateLayout:
             offset += size
         object.__setattr__(self, "slices", tuple(slices))
         object.__setattr__(self, "needs_cast", self.dtype != PETSC_DTYPE or self.device.type != "cpu")
+        object.__setattr__(self, "plain", not self.is_tuple and not self.needs_cast)
 
     @property
     def size(self) -> int:

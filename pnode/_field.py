@@ -80,12 +80,33 @@ class VectorField:
             graphs.store(tau, point, inputs, result)
             layout.write(out, result, self.sign)
             return
-        with torch.no_grad():
-            state = layout.pack(layout.views(x))
-            traced = self.traced
-            result = (self.func(self.time(tau), state) if traced is None
-                      else traced(self.time(tau), state, self.generation))
-            layout.write(out, layout.check_output(result), self.sign)
+        layout.write(out, layout.check_output(self._no_grad_call(tau, x)), self.sign)
+
+    def _no_grad_call(self, tau: float, x: np.ndarray):
+        """func(tau, x) without autograd (through its trace with ``options['trace']``)."""
+        if torch.is_grad_enabled():     # the autograd Function's forward already runs without
+            with torch.no_grad():
+                return self._no_grad_call(tau, x)
+        state = self.layout.pack(self.layout.views(x))
+        traced = self.traced
+        return self.func(self.time(tau), state) if traced is None else traced(self.time(tau), state, self.generation)
+
+    def residual_into(self, tau: float, x: np.ndarray, xdot: np.ndarray, out: np.ndarray) -> None:
+        """out <- xdot - g(tau, x) (the IFunction), without autograd; one pass over ``out`` for a single
+        float64 state."""
+        layout = self.layout
+        if self.graphs is not None or not layout.plain:
+            self.evaluate_into(tau, x, out)
+            np.subtract(xdot, out, out=out)
+            return
+        self.stats.rhs_evals += 1
+        (result,) = layout.check_output(self._no_grad_call(tau, x))
+        if result.shape != layout.shapes[0] or result.device.type != "cpu":
+            layout.write(out, (result,), self.sign)     # raises the shape error, or copies from the device
+            np.subtract(xdot, out, out=out)
+            return
+        values = (result.detach() if result.requires_grad else result).numpy().reshape(-1)
+        (np.subtract if self.sign > 0 else np.add)(xdot, values, out=out)
 
     def evaluate(self, tau: float, x: torch.Tensor) -> torch.Tensor:
         """g(tau, x) for a flat float64 tensor ``x`` (a new tensor)."""

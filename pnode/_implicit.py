@@ -257,8 +257,7 @@ class ImplicitProblem:
         out = F.getArray()
         t = self._stage_time(ts, t, X, Xdot)
         self._last_stage = (t, self._start_slope_state is not None and X.handle == self._start_slope_state)
-        self.implicit_field.evaluate_into(t, X.getArray(readonly=True), out)
-        np.subtract(Xdot.getArray(readonly=True), out, out=out)
+        self.implicit_field.residual_into(t, X.getArray(readonly=True), Xdot.getArray(readonly=True), out)
         F.stateIncrease()
 
     @guarded()
