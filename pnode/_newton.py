@@ -200,8 +200,11 @@ class ChordNewton:
         reason = test(snes, 0, (0.0, 0.0, fnorm))
         it = 0
         form = True           # a solve's first Jacobian: its shift may be new
+        # under MPI every rank calls the Jacobian callback at every iteration, as newtonls does: whether the
+        # kept matrix is still held is a rank's own state, and an assembled matrix's update is collective
+        every_iteration = snes.getComm().getSize() > 1
         while reason == _Reason.ITERATING:
-            if form or not strategy.holds_jacobian:
+            if form or every_iteration or not strategy.holds_jacobian:
                 snes.computeJacobian(x, jacobian, preconditioner)
                 ksp.setOperators(jacobian, preconditioner)
                 form = False
@@ -210,7 +213,7 @@ class ChordNewton:
             ksp.solve(residual, y)
             self.linear_iterations += ksp.getIterationNumber()
             if ksp.getConvergedReason() < 0:
-                reason = _Reason.DIVERGED_LINEAR_SOLVE
+                reason = test.failed(_Reason.DIVERGED_LINEAR_SOLVE)
                 break
             x.axpy(-1.0, y)
             it += 1
