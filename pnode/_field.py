@@ -84,7 +84,7 @@ class VectorField:
 
     def _no_grad_call(self, tau: float, x: np.ndarray):
         """func(tau, x) without autograd (through its trace with ``options['trace']``)."""
-        if torch.is_grad_enabled():     # the autograd Function's forward already runs without
+        if torch.is_grad_enabled():     # (the autograd Function's forward already runs without autograd)
             with torch.no_grad():
                 return self._no_grad_call(tau, x)
         state = self.layout.pack(self.layout.views(x))
