@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ._timegrid import same_time_tolerance
+
 if TYPE_CHECKING:
     from ._bridge import ParamLayout
     from ._field import VectorField
@@ -44,6 +46,31 @@ PROBE_ENTRIES = 1 << 20
 def fingerprint(x: np.ndarray) -> bytes:
     """A cheap key for a state: a few of its entries (a lookup then compares the whole state)."""
     return x[:: max(1, x.size // 8)].tobytes()
+
+
+class PointTable:
+    """Values kept per stage point ``(tau, x)``, found again by the exact state.  The adjoint reads its
+    stages back from PETSc's trajectory, bitwise the forward's states, but recomputes the stage times
+    from the step's end: those may differ by rounding, so times match within a few ulps."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[bytes, list[tuple[float, np.ndarray, object]]] = {}
+
+    def add(self, tau: float, x: np.ndarray, value) -> None:
+        self._by_key.setdefault(fingerprint(x), []).append((tau, x, value))
+
+    def find(self, tau: float, x: np.ndarray):
+        """The value kept at ``(tau, x)``, or None."""
+        for kept_tau, kept_x, value in self._by_key.get(fingerprint(x), ()):
+            if abs(kept_tau - tau) <= same_time_tolerance(tau) and np.array_equal(kept_x, x):
+                return value
+        return None
+
+    def clear(self) -> None:
+        self._by_key.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._by_key)
 
 
 class StagePoints:

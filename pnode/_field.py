@@ -13,10 +13,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._batching import BATCH_ENTRIES, fingerprint
+from ._batching import BATCH_ENTRIES, PointTable
 from ._bridge import StateLayout
 from ._spec import SolveSpec
-from ._timegrid import same_time_tolerance
 from ._tracing import TracedCall
 from .stats import SolveStats
 
@@ -46,8 +45,7 @@ class VectorField:
         self._vmap_ok = True              # func runs under torch.func.vmap (the adjoint's batched passes)
         self.traced: TracedCall | None = None     # options['trace']: func's trace for no-grad evaluations
         self.generation = 0               # counts solves (bind): a trace is checked once per solve
-        # Jacobian blocks evaluated ahead for the adjoint's stages: fingerprint -> [(tau, x, blocks)]
-        self._prepared: dict[bytes, list[tuple[float, np.ndarray, torch.Tensor]]] = {}
+        self._prepared = PointTable()     # Jacobian blocks evaluated ahead for the adjoint's stages
 
     def bind(self, spec: SolveSpec) -> None:
         """Take this call's time direction and parameters (the driver calls it at entry)."""
@@ -194,7 +192,7 @@ class VectorField:
         :data:`~pnode._batching.BATCH_ENTRIES` entries, for :meth:`jacobian_blocks` to find; returns
         how many were evaluated (0 when ``func`` cannot run under vmap: the adjoint then evaluates each
         stage's Jacobian itself)."""
-        self._prepared = {}
+        self._prepared.clear()
         if not points or not self.batchable:
             return 0
         n = self.layout.size
@@ -205,24 +203,16 @@ class VectorField:
             chunk = points[lo:lo + per_pass]
             blocks = self.jacobian_blocks_many(chunk, n_blocks)
             if blocks is None:
-                self._prepared = {}
+                self._prepared.clear()
                 return 0
             for (tau, x), block in zip(chunk, blocks):
-                self._prepared.setdefault(fingerprint(x), []).append((tau, x, block))
+                self._prepared.add(tau, x, block)
             done += len(chunk)
         self.stats.jacobian_assemblies += done
         return done
 
     def forget_prepared(self) -> None:
-        self._prepared = {}
-
-    def _find_prepared(self, tau: float, x: np.ndarray, n_blocks: int) -> torch.Tensor | None:
-        for kept_tau, kept_x, blocks in self._prepared.get(fingerprint(x), ()):
-            # PETSc's adjoint recomputes stage times from the step's end: they may differ by rounding
-            if (blocks.shape[0] == n_blocks and abs(kept_tau - tau) <= same_time_tolerance(tau)
-                    and np.array_equal(kept_x, x)):
-                return blocks
-        return None
+        self._prepared.clear()
 
     def jacobian_blocks_many(self, points: list[tuple[float, np.ndarray]], n_blocks: int) -> torch.Tensor | None:
         """Blocks ``(len(points), n_blocks, d, d)`` of dg/dy at every point, from one vmapped evaluation
@@ -301,8 +291,8 @@ class VectorField:
         ``func`` that refuses a batch of another size (a per-sample tensor inside) gets the second way
         from then on."""
         if self._prepared:
-            blocks = self._find_prepared(tau, x.numpy(), n_blocks)
-            if blocks is not None:
+            blocks = self._prepared.find(tau, x.numpy())
+            if blocks is not None and blocks.shape[0] == n_blocks:
                 self._point_graph = None
                 return blocks
         self.stats.jacobian_assemblies += 1
@@ -377,7 +367,7 @@ class StageGraphs:
 
     def __init__(self) -> None:
         self.recording = False
-        self.kept: dict[bytes, list[tuple[float, np.ndarray, list, tuple]]] = {}
+        self.kept = PointTable()          # (tau, state) -> (inputs, result) of accepted steps' stages
         self._pending: list[tuple[float, float, float, np.ndarray, list, tuple]] = []
         self.attempt: tuple[float, float] = (0.0, 0.0)     # (step start, step) being evaluated
 
@@ -388,16 +378,11 @@ class StageGraphs:
         """The step that ends at ``end`` was accepted: keep its stages, drop rejected attempts'."""
         for start, dt, tau, point, inputs, result in self._pending:
             if start + dt == end:
-                self.kept.setdefault(fingerprint(point), []).append((tau, point, inputs, result))
+                self.kept.add(tau, point, (inputs, result))
         self._pending = []
 
     def find(self, tau: float, x: np.ndarray) -> tuple[list, tuple] | None:
-        # the state identifies the stage exactly; the adjoint recomputes stage times, so they may
-        # differ from the forward's by rounding
-        for stage_tau, point, inputs, result in self.kept.get(fingerprint(x), ()):
-            if abs(stage_tau - tau) <= same_time_tolerance(tau) and np.array_equal(point, x):
-                return inputs, result
-        return None
+        return self.kept.find(tau, x)
 
     def clear(self) -> None:
         self.kept.clear()
@@ -461,7 +446,7 @@ class _PartField(VectorField):
         self._point_graph = None
         self._copies_ok = True
         self._vmap_ok = True
-        self._prepared = {}
+        self._prepared = PointTable()
         self.traced = None
         self.layout = whole.layout
         self.time_dtype = whole.time_dtype
