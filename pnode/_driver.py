@@ -298,6 +298,7 @@ class Driver:
             self.stepper.configure(store_all)
             dt = float(plan[1] - plan[0]) if plan is not None else self._first_step(y0, taus)
             self.stepper.start(self.sol, y0.numpy(), float(taus[0]), 0, dt)
+            self.problem.restart()
             self.ts.setMaxTime(min(float(taus[-1]), 1e300))
             limit = self.options.max_num_steps
             self.ts.setMaxSteps(limit if plan is None else min(limit, len(plan) - 1))
@@ -356,6 +357,7 @@ class Driver:
         try:
             self.stepper.configure(keep_trajectory, replay=True)
             self.stepper.start(self.sol, state, float(plan[n0]), n0, float(plan[n0 + 1] - plan[n0]))
+            self.problem.restart()
             self.ts.setMaxTime(float(plan[n1]))
             self.ts.setMaxSteps(n1)
             self.run(self.ts.solve, self.sol)

@@ -97,6 +97,7 @@ class StepHooks:
             self.callbacks.step_done(self.step_start, self.driver.field.sign, self.driver.stepper.adaptive)
         if self.jumps and self.at_jump(tau):
             ts.restartStep()     # func jumps here: no first-same-as-last reuse of the stage before it
+            self.driver.problem.restart()
 
     def record_graphs(self, record: bool | None) -> None:
         """Start keeping the stage graphs of the coming steps (dropping older ones), stop (``False``:

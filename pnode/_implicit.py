@@ -21,13 +21,16 @@ from ._bridge import ParamLayout
 from ._failures import CallbackErrors, guarded
 from ._field import VectorField
 from ._jacobian import make_strategy
-from ._newton import ChordNewton, WeightedNewtonTest
+from ._newton import ChordNewton, SlopePredictor, WeightedNewtonTest
 from ._options import SolveOptions
 from ._petsc import PETSc
 from ._rhs import RHSProblem
 from ._shells import ParamJacobian
 from .distributed import RankGroup
 from .methods import Method
+
+# TS types whose stage slope is ``shift * (x - z)`` with one shift per stage solve (SlopePredictor)
+PREDICTED_TS_TYPES = ("arkimex", "dirk")
 
 
 class IMEXField(nn.Module):
@@ -92,6 +95,7 @@ class ImplicitProblem:
         self.J = self.strategy.matrix
         self._newton_test: WeightedNewtonTest | None = None
         self._chord: ChordNewton | None = None
+        self._predictor: SlopePredictor | None = None
         self.exact_jacobians(False)
         self._point_p: tuple[float, torch.Tensor] | None = None
         self._residual = self.J.createVecRight()
@@ -124,7 +128,10 @@ class ImplicitProblem:
             snes = ts.getSNES()
             snes.setConvergenceTest(self._newton_test)
             # pnode's Newton loop (before the options database is read: -snes_type still chooses PETSc's)
-            self._chord = ChordNewton(self._newton_test)
+            # stage slopes affine in the unknown with one shift per stage: the derivative predictor applies
+            predicted = self.options.predictor and self.method.ts_type in PREDICTED_TS_TYPES
+            self._predictor = SlopePredictor(ts) if predicted else None
+            self._chord = ChordNewton(self._newton_test, self._predictor)
             snes.setType(PETSc.SNES.Type.PYTHON)
             snes.setPythonContext(self._chord)
 
@@ -133,8 +140,8 @@ class ImplicitProblem:
             self._newton_test.free()
             self._newton_test.ts = self._newton_test.on_converged = None
             self._newton_test = None
-            self._chord.test = None           # the SNES keeps its Python context until it is destroyed
-            self._chord = None
+            self._chord.test = self._chord.predictor = None   # the SNES keeps its Python context until destroyed
+            self._chord = self._predictor = None
 
     def take_iterations(self, ts) -> tuple[int, int] | None:
         """Newton and Krylov iterations of pnode's Newton loop since the last call (``None`` when PETSc's
@@ -145,6 +152,11 @@ class ImplicitProblem:
         counts = (chord.iterations, chord.linear_iterations)
         chord.iterations = chord.linear_iterations = 0
         return counts
+
+    def restart(self) -> None:
+        """The TS restarts (a solve's or replay's start, a jump): nothing carries over from the steps before."""
+        if self._predictor is not None:
+            self._predictor.restart()
 
     def begin_step(self, step: int, tau: float, state: np.ndarray) -> None:
         """A forward step starts: chord Newton evaluates this step's Jacobian afresh."""
@@ -254,9 +266,13 @@ class ImplicitProblem:
 
     @guarded(output=4)
     def ifunction(self, ts, t, X, Xdot, F):
-        out = F.getArray()
         t = self._stage_time(ts, t, X, Xdot)
-        self._last_stage = (t, self._start_slope_state is not None and X.handle == self._start_slope_state)
+        if self._predictor is not None and self._predictor.probing:
+            self._predictor.seen(Xdot)
+            return
+        start_slope = self._start_slope_state is not None and X.handle == self._start_slope_state
+        out = F.getArray()
+        self._last_stage = (t, start_slope)
         self.implicit_field.residual_into(t, X.getArray(readonly=True), Xdot.getArray(readonly=True), out)
         F.stateIncrease()
 

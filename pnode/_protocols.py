@@ -27,6 +27,10 @@ class Problem(Protocol):
     def install(self, ts: PETSc.TS) -> None:
         """Give ``ts`` this problem's callbacks and Jacobians (and its KSP/PC defaults)."""
 
+    def restart(self) -> None:
+        """The TS restarts (a solve's or a replay's start, a jump): forget what carries over between steps
+        (implicit methods: the Newton predictor's last stage slope)."""
+
     def begin_step(self, step: int, tau: float, state: np.ndarray) -> None:
         """Forward step ``step`` starts at ``(tau, state)`` (implicit methods: chord Newton evaluates the
         step's Jacobian afresh; recorded steps note their stage states)."""

@@ -99,6 +99,10 @@ class RHSProblem:
         out.stateIncrease()
 
     # --- wiring --------------------------------------------------------------------------------
+    def restart(self) -> None:
+        """Explicit steps carry nothing of pnode's between steps (PETSc's own first-same-as-last reuse is
+        reset by the TS)."""
+
     def begin_step(self, step: int, tau: float, state) -> None:
         """Explicit steps hold no Jacobian between Newton iterations (there are none)."""
 
