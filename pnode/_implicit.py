@@ -268,7 +268,7 @@ class ImplicitProblem:
     def ifunction(self, ts, t, X, Xdot, F):
         t = self._stage_time(ts, t, X, Xdot)
         if self._predictor is not None and self._predictor.probing:
-            self._predictor.seen(Xdot)
+            self._predictor.seen(t, Xdot)
             return
         start_slope = self._start_slope_state is not None and X.handle == self._start_slope_state
         out = F.getArray()

@@ -18,12 +18,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from ._petsc import PETSc
 
 # the Newton error stays this fraction of the integration tolerance (diffrax's default is 1e-2; tighter
 # here because the discrete adjoint treats the stage equations as solved exactly)
 KAPPA = 1e-4
+# an update this many times the rounding level of the iterate (in the same weighted norm) is noise: the
+# iterate cannot be improved (a float32 field at rtol 1e-6 rounds at about 0.1 of the tolerance)
+ROUNDING_FACTOR = 10.0
 # updates shrinking slower than this: the kept Jacobian is too stale (it is evaluated afresh)
 STALL_RATE = 0.5
 DIVERGENCE_TOLERANCE = 1e4      # the residual grew this much: diverged (PETSc's default divtol)
@@ -56,6 +60,8 @@ class WeightedNewtonTest:
         self._tolerances = (0.0, 0.0)
         self._given: tuple[float, float, float] | None = None
         self._fnorm0 = 0.0
+        self._rounding = 0.0
+        self._eps = float(torch.finfo(strategy.field.layout.dtype).eps)
 
     def __call__(self, snes, it: int, norms) -> int:
         try:
@@ -96,6 +102,8 @@ class WeightedNewtonTest:
         # Jacobian's freshness is a rank's own (a failed rank skips its callbacks) and only chooses
         # whether this rank evaluates its blocks afresh
         if self._rate < 1.0 and size * self._rate / (1.0 - self._rate) <= KAPPA:
+            return _Reason.CONVERGED_SNORM_RELATIVE
+        if size <= ROUNDING_FACTOR * self._rounding:
             return _Reason.CONVERGED_SNORM_RELATIVE
         if self._rate >= STALL_RATE and it > 1 and not self.strategy.fresh:
             # the kept Jacobian is too stale for this stage: evaluate it at the next iterate (a fresh
@@ -153,8 +161,14 @@ class WeightedNewtonTest:
         w.abs()
         w.scale(rtol)
         w.shift(atol)
-        self._scaled.pointwiseDivide(dx, w)
-        return self._scaled.norm() / math.sqrt(max(1, x.getSize()))
+        scaled, root_n = self._scaled, math.sqrt(max(1, x.getSize()))
+        # the iterate's own rounding in this norm (the field's precision): eps |x_i| / w_i
+        x.copy(scaled)
+        scaled.abs()
+        scaled.pointwiseDivide(scaled, w)
+        self._rounding = self._eps * scaled.norm() / root_n
+        scaled.pointwiseDivide(dx, w)
+        return scaled.norm() / root_n
 
     def free(self) -> None:
         for vec in (self._weights, self._scaled):
@@ -164,67 +178,81 @@ class WeightedNewtonTest:
 
 
 class SlopePredictor:
-    """Where chord Newton starts a stage: at the point whose stage slope equals the last stage's.
+    """Where chord Newton starts a stage: at the point whose stage slope is the one extrapolated, linearly
+    in time, from the last two converged stages (the last one's alone after a restart).
 
     PETSc starts each stage's Newton iteration from the previous stage's value (ARKIMEX, DIRK), which for
     a stiff system is thousands of tolerances away from the root (measured: the first update is 1e3-1e4
     in the weighted norm).  The stage slope is affine in the unknown, ``xdot = shift * (x - z)``, so the
-    point where it equals the last converged stage's slope ``k`` is ``x0 + (k - xdot(x0)) / shift``: the
-    classical derivative predictor, which starts about one contraction closer (robertson, arkimex4:
-    376 -> 290 Newton iterations per training step's forward pass, 25 steps).  ``xdot(x0)`` comes from
-    one residual callback that skips the field (:attr:`probing`); ``shift`` from the last stage's,
-    rescaled by the step size (exact for singly diagonal tableaux; only the guess depends on it); the
-    converged slope from the exact shift of the stage's Jacobian.  The carried slope is dropped at every
-    restart (a solve's start, a checkpoint replay, a jump), so a step's result depends on its start state
-    and the steps taken since the restart only, as with first-same-as-last methods.
+    point where it equals a predicted slope ``k`` is ``x0 + (k - xdot(x0)) / shift``: the derivative
+    predictor (robertson, arkimex4, 25 steps: 376 -> 265 Newton iterations per training step's forward
+    pass; 290 with the last slope alone).  ``xdot(x0)`` and the stage time come from one residual
+    callback that skips the field (:attr:`probing`); ``shift`` from the last stage's, rescaled by the
+    step size (exact for singly diagonal tableaux; only the guess depends on it); each converged slope
+    from the exact shift of its stage's Jacobian.  The carried slopes are dropped at every restart (a
+    solve's start, a checkpoint replay, a jump), so a step's result depends on its start state and the
+    steps taken since the restart only, as with first-same-as-last methods.
     """
 
     def __init__(self, ts: PETSc.TS):
         self.ts = ts
         self.probing = False            # the residual callback is asked for the stage slope only
-        self._slopes: list = []         # what the callback saw while probing
-        self._slope: np.ndarray | None = None
+        self._seen: list = []           # (stage time, slope) the callback saw while probing
+        self._history: list = []        # the last two converged stages' (time, slope)
         self._shift = (0.0, 0.0)        # the last stage's (shift, step size)
         self._base: tuple | None = None
         self._probed = 0                # the handle of the Vec being probed
 
     def restart(self) -> None:
-        self._slope = None
+        self._history.clear()
 
-    def seen(self, xdot) -> None:
-        """Called by the residual callback while probing with the stage slope PETSc formed.  A start-slope
-        solve (its unknown is the slope itself, passed as ``xdot``) has no stage to predict."""
+    def seen(self, tau: float, xdot) -> None:
+        """Called by the residual callback while probing with the stage time and the slope PETSc formed.
+        A start-slope solve (its unknown is the slope itself, passed as ``xdot``) has no stage to predict."""
         if xdot.handle != self._probed:
-            self._slopes.append(xdot.getArray(readonly=True).copy())
+            self._seen.append((tau, xdot.getArray(readonly=True).copy()))
+
+    def _predicted(self, tau: float, shape) -> np.ndarray | None:
+        history = [(t, k) for t, k in self._history if k.shape == shape]
+        if not history:
+            return None
+        t1, k1 = history[-1]
+        if len(history) == 1:
+            return k1
+        t0, k0 = history[0]
+        if not abs(t1 - t0) > 1e-12 * max(1.0, abs(t1)):
+            return k1
+        return k1 + ((tau - t1) / (t1 - t0)) * (k1 - k0)
 
     def start(self, snes, x, residual) -> None:
         """Move ``x`` (PETSc's guess) to the predicted point."""
         self._base = None
-        self._slopes.clear()
+        self._seen.clear()
         self._probed = x.handle
         self.probing = True
         try:
             snes.computeFunction(x, residual)
         finally:
             self.probing = False
-        if not self._slopes:
+        if not self._seen:
             return
-        slope = self._slopes.pop()
+        tau, slope = self._seen.pop()
         start = x.getArray()
-        self._base = (start.copy(), slope)
+        self._base = (tau, start.copy(), slope)
         shift, step = self._shift
         now = self.ts.getTimeStep()
-        if self._slope is None or self._slope.shape != slope.shape or not shift > 0 or not now > 0:
+        target = self._predicted(tau, slope.shape)
+        if target is None or not shift > 0 or not now > 0:
             return
-        start += (self._slope - slope) * (now / (shift * step))
+        start += (target - slope) * (now / (shift * step))
 
     def converged(self, x, shift: float) -> None:
         """The stage converged at ``x``; ``shift`` is its Jacobian's."""
         if self._base is None or not shift > 0:
-            self._slope = None
+            self._history.clear()
             return
-        start, slope = self._base
-        self._slope = slope + shift * (x.getArray(readonly=True) - start)
+        tau, start, slope = self._base
+        self._history = [*self._history[-1:], (tau, slope + shift * (x.getArray(readonly=True) - start))]
         self._shift = (shift, self.ts.getTimeStep())
 
 
