@@ -78,6 +78,7 @@ class ImplicitProblem:
         self.implicit_field = field.part(field.func.f_implicit) if split else field
         self.strategy = make_strategy(options.jacobian, self.implicit_field, n_local, group, errors,
                                       ts_type=method.ts_type)
+        self.strategy.differences = options.chord_jacobian == "differences"
         # small and medium states: the adjoint's stage work in batches (pnode._batching).  Strategies built
         # on Jacobian blocks get them for the adjoint's stages ahead, from the stage states the forward
         # pass records (chord Newton's convergence test sees each converged stage); parameter VJPs are

@@ -80,6 +80,8 @@ class JacobianStrategy:
         self._kept = False          # dg/dy of the current step is held
         self._pristine = False      # A is exactly shift*I - dg/dy (PETSc has not scaled it since)
         self.fresh = False          # the latest update evaluated dg/dy at its own point
+        self.differences = False    # chord's forward dg/dy may come from differences (strategies that can)
+        self._exact_next = False    # ... except after a stalled or failed solve (until the next step)
 
     def _create_matrix(self, n: int, group: RankGroup) -> PETSc.Mat:
         """The Mat PETSc solves with: a Python shell whose context is this strategy."""
@@ -94,9 +96,16 @@ class JacobianStrategy:
         """The strategy for ``field`` with ``n`` unknowns on this rank (raises for unsuited states)."""
         return cls(field, n, group, errors)
 
-    def new_step(self) -> None:
-        """A step starts: the next :meth:`update` evaluates ``dg/dy`` again."""
+    def new_step(self, exact: bool = False) -> None:
+        """A step starts (``exact``: a stalled or failed solve goes on): the next :meth:`update`
+        evaluates ``dg/dy`` again, with autograd if ``exact`` (until the next step starts)."""
         self._kept = False
+        self._exact_next = exact
+
+    @property
+    def by_differences(self) -> bool:
+        """The next evaluation may use differences: a forward chord step with nothing gone wrong in it."""
+        return self.differences and self.reuse and not self._exact_next
 
     @property
     def holds_jacobian(self) -> bool:
@@ -217,7 +226,9 @@ class BlockDiagonal(JacobianStrategy):
         return cls(field, n, group, errors, n_blocks=layout.shapes[0][0])
 
     def _evaluate(self) -> None:
-        self._jac = self.field.jacobian_blocks(self.tau, self.x, self.n_blocks)
+        blocks = (self.field.difference_blocks(self.tau, self.x, self.n_blocks) if self.by_differences
+                  else None)
+        self._jac = blocks if blocks is not None else self.field.jacobian_blocks(self.tau, self.x, self.n_blocks)
 
     def _form(self) -> None:
         self.blocks = self.shift * self._eye - self._jac

@@ -108,7 +108,7 @@ class WeightedNewtonTest:
         if self._rate >= STALL_RATE and it > 1 and not self.strategy.fresh:
             # the kept Jacobian is too stale for this stage: evaluate it at the next iterate (a fresh
             # Newton step may contract slowly far from the root: it goes on, up to -snes_max_it)
-            self.strategy.new_step()
+            self.strategy.new_step(exact=True)
             self._rate = 0.5
         self._previous = size
         if it >= self._max_it:
@@ -142,7 +142,7 @@ class WeightedNewtonTest:
         return self._fail(reason)
 
     def _fail(self, reason: int) -> int:
-        self.strategy.new_step()      # the retried step starts with a fresh Jacobian
+        self.strategy.new_step(exact=True)      # the retried step starts with a fresh, exact Jacobian
         return reason
 
     def failed(self, reason: int) -> int:

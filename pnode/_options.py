@@ -27,6 +27,10 @@ _DOC = {
     "newton": "implicit methods: 'chord' (default: the forward pass evaluates the Jacobian once per step and "
               "reuses it for that step's Newton iterations; the adjoint always uses each stage's exact Jacobian) "
               "or 'full' (a new Jacobian at every Newton iteration)",
+    "chord_jacobian": "implicit methods with jacobian='batched' and chord Newton: 'differences' (default) forms the "
+                      "forward pass's kept Jacobian blocks by forward differences, one evaluation of d+1 stacked "
+                      "copies of the batch (about 3x cheaper than autograd's reverse pass for small d; exact blocks "
+                      "after a stalled or failed Newton solve, and always in the adjoint), or 'exact' (autograd)",
     "predictor": "implicit methods on pnode's Newton loop (ARKIMEX, DIRK): True (default) starts each stage's "
                  "Newton iteration where its slope equals the last stage's (the derivative predictor: about a "
                  "quarter fewer iterations on stiff problems), False from PETSc's guess (the previous stage)",
@@ -99,6 +103,7 @@ class SolveOptions:
     norm: object = None                  # torchdiffeq's error norm (a callable), identified per state layout
     norm_type: str | None = None         # PETSc's -ts_adapt_wnormtype it was identified as
     predictor: bool = True               # chord Newton's stage guess: the derivative predictor
+    chord_jacobian: str = "differences"  # chord Newton's forward Jacobian blocks: 'differences' or 'exact'
 
     @property
     def adapt(self) -> dict[str, str]:
@@ -155,6 +160,10 @@ class SolveOptions:
         newton = options.get("newton", cls.newton)
         if newton not in NEWTON_VARIANTS:
             raise InvalidArgumentError(f"options['newton'] must be 'chord' or 'full', got {newton!r}")
+        chord_jacobian = options.get("chord_jacobian", cls.chord_jacobian)
+        if chord_jacobian not in ("differences", "exact"):
+            raise InvalidArgumentError(f"options['chord_jacobian'] must be 'differences' or 'exact', got "
+                                       f"{chord_jacobian!r}")
         theta = _positive(options, "theta")
         if theta is not None and theta > 1:
             raise InvalidArgumentError(f"options['theta'] must lie in (0, 1], got {theta!r}")
@@ -175,7 +184,7 @@ class SolveOptions:
                    ifactor=_positive(options, "ifactor"), dfactor=_positive(options, "dfactor"),
                    interp=interp or "linear", max_order=_count(options, "max_order", 12),
                    max_iters=_count(options, "max_iters", None), norm=_norm(options), trace=_flag(options, "trace"),
-                   predictor=_flag(options, "predictor", True))
+                   predictor=_flag(options, "predictor", True), chord_jacobian=chord_jacobian)
 
 
 def _flag(options: Mapping, key: str, default: bool = False) -> bool:

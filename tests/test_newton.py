@@ -288,3 +288,59 @@ def test_float32_field_converges_at_its_rounding_level(predictor):
     # float32 rounding (6e-8) plus the rtol 1e-6 step control: a few 1e-6 (measured: 3e-7)
     assert float((ys - torch.tensor(exact).unsqueeze(1)).abs().max()) < 5e-6
     assert solver.stats.newton_iterations <= 3 * 5 * (solver.stats.steps + solver.stats.rejected_steps)
+
+
+@pytest.mark.parametrize("make", [lambda: Robertson(), lambda: Shared()], ids=["robertson", "mlp"])
+def test_difference_blocks_match_autograd_blocks(make):
+    """Chord's forward Jacobian blocks by forward differences against autograd's exact blocks (an
+    independent derivative), at states with components near zero (Robertson's y2) and of order one.
+    Increments of sqrt(eps) times each component (at least a hundredth of its sample's RMS): rounding
+    (eps |g| / increment) and truncation (increment |g''|, Robertson's 2 k2 = 6e7) each about 1e-6 of a
+    block's largest entry (measured 1.2e-6 and 1.1e-6); chord only needs an iteration matrix."""
+    func = make()
+    y = torch.tensor([[0.98, 3.1e-5, 0.02], [0.7, 1.2e-5, 0.3], [0.5, 0.0, 0.5]])
+    solver = pnode.ODESolver(func, method="arkimex4", options={"jacobian": "batched"})
+    with torch.no_grad():
+        solver(y, torch.tensor([0.0, 1e-6]))       # builds the field for this state
+    field = solver._driver.field     # the solver's own field object, as its Jacobian strategy calls it
+    x = y.reshape(-1).clone()
+    exact = field.jacobian_blocks(0.3, x, 3)
+    approx = field.difference_blocks(0.3, x, 3)
+    assert approx is not None and approx.shape == exact.shape == (3, 3, 3)
+    scale = exact.abs().amax(dim=(1, 2), keepdim=True)
+    assert float(((approx - exact).abs() / scale).max()) < 1e-5
+
+
+def test_difference_blocks_decline_what_they_cannot_do():
+    """A func that refuses a batch of another size (a per-sample tensor inside) gets autograd's blocks,
+    with the same solution; chord_jacobian='exact' never differences; the option is validated."""
+    func = PerSampleRates(5)
+    y0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0.0, 0.2, 0.5])
+    with torch.no_grad():
+        ys = {kind: _solve(func, y0, t, "chord", method="arkimex4", rtol=1e-7, atol=1e-9, jacobian="batched",
+                           chord_jacobian=kind)[0] for kind in ("differences", "exact")}
+    assert torch.equal(ys["differences"], ys["exact"])     # both fell back to the same exact blocks
+    with pytest.raises(pnode.InvalidArgumentError, match="chord_jacobian"):
+        pnode.ODESolver(func, method="arkimex4", options={"chord_jacobian": "fd"})
+
+
+def test_chord_difference_jacobian_keeps_solution_and_gradient():
+    """The stiff benchmark's Robertson case with differences and with autograd blocks for chord's forward
+    matrix: the same steps and Newton iterations, outputs and gradients equal to far below the Newton
+    tolerance (measured: 7e-15 and 7e-13 on benchmarks/stiff.py's model), against scipy Radau as well."""
+    func = Robertson()
+    y0 = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.05, 0.05]], requires_grad=True)
+    t = torch.cat([torch.zeros(1), torch.logspace(-5, 1, 7)])
+    ref = torch.stack([_radau(func, y, t) for y in y0.detach()], 1)
+    out = {}
+    for kind in ("differences", "exact"):
+        ys, solver = _solve(func, y0, t, "chord", rtol=1e-7, atol=1e-11, jacobian="batched", chord_jacobian=kind)
+        out[kind] = (ys.detach(), torch.autograd.grad(ys.pow(2).sum(), [y0, *func.parameters()]), solver.stats)
+    (ys_d, g_d, s_d), (ys_e, g_e, s_e) = out["differences"], out["exact"]
+    assert (s_d.steps, s_d.newton_iterations) == (s_e.steps, s_e.newton_iterations)
+    assert rel_err(ys_d, ys_e) < 1e-11
+    for a, b in zip(g_d, g_e):
+        assert rel_err(a, b) < 1e-10
+    scale = 1e-11 + ref.abs()
+    assert float(((ys_d - ref).abs() / scale).max()) <= 1.01 * float(((ys_e - ref).abs() / scale).max())
