@@ -331,11 +331,11 @@ class VectorField:
         # increments: sqrt(eps) of each component, or of a hundredth of its sample's RMS when smaller
         # (components near zero: Robertson's y2 starts at 0), or of 1 for a sample that is all zero
         scale = torch.maximum(state.abs(), 1e-2 * state.pow(2).mean(1, keepdim=True).sqrt())
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        copies = state.unsqueeze(0).repeat(d + 1, 1, 1)
-        index = torch.arange(d)
-        copies[index + 1, :, index] += DIFFERENCE_STEP * scale.T
-        steps = copies[index + 1, :, index] - state.T          # the increments as represented: (d, batch)
+        scale = torch.where(scale > 0, scale, 1.0)
+        copies = state.repeat(d + 1, 1, 1)
+        moved = copies[1:].diagonal(dim1=0, dim2=2)            # (batch, d): copy j's component j
+        moved.add_(DIFFERENCE_STEP * scale)
+        steps = (moved - state).T                              # the increments as represented: (d, batch)
         try:
             with torch.no_grad():
                 out = self.func(self.time(tau), copies.view((d + 1) * shape[0], *shape[1:]))

@@ -60,7 +60,6 @@ class WeightedNewtonTest:
         self._tolerances = (0.0, 0.0)
         self._given: tuple[float, float, float] | None = None
         self._fnorm0 = 0.0
-        self._rounding = 0.0
         self._eps = float(torch.finfo(strategy.field.layout.dtype).eps)
 
     def __call__(self, snes, it: int, norms) -> int:
@@ -103,7 +102,7 @@ class WeightedNewtonTest:
         # whether this rank evaluates its blocks afresh
         if self._rate < 1.0 and size * self._rate / (1.0 - self._rate) <= KAPPA:
             return _Reason.CONVERGED_SNORM_RELATIVE
-        if size <= ROUNDING_FACTOR * self._rounding:
+        if self._at_rounding_level(snes, size):
             return _Reason.CONVERGED_SNORM_RELATIVE
         if self._rate >= STALL_RATE and it > 1 and not self.strategy.fresh:
             # the kept Jacobian is too stale for this stage: evaluate it at the next iterate (a fresh
@@ -161,14 +160,21 @@ class WeightedNewtonTest:
         w.abs()
         w.scale(rtol)
         w.shift(atol)
-        scaled, root_n = self._scaled, math.sqrt(max(1, x.getSize()))
-        # the iterate's own rounding in this norm (the field's precision): eps |x_i| / w_i
+        self._scaled.pointwiseDivide(dx, w)
+        return self._scaled.norm() / math.sqrt(max(1, x.getSize()))
+
+    def _at_rounding_level(self, snes, size: float) -> bool:
+        """The update is within ROUNDING_FACTOR of the iterate's own rounding in the weighted norm,
+        ``eps |x_i| / w_i`` (the field's precision).  That rounding is at most ``eps / rtol``, so most
+        updates are decided without computing it (the decision uses global norms: ranks agree)."""
+        rtol = self._tolerances[0]
+        if rtol > 0 and size > ROUNDING_FACTOR * self._eps / rtol:
+            return False
+        x, scaled = snes.getSolution(), self._scaled
         x.copy(scaled)
         scaled.abs()
-        scaled.pointwiseDivide(scaled, w)
-        self._rounding = self._eps * scaled.norm() / root_n
-        scaled.pointwiseDivide(dx, w)
-        return scaled.norm() / root_n
+        scaled.pointwiseDivide(scaled, self._weights)
+        return size <= ROUNDING_FACTOR * self._eps * scaled.norm() / math.sqrt(max(1, x.getSize()))
 
     def free(self) -> None:
         for vec in (self._weights, self._scaled):
