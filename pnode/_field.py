@@ -22,6 +22,7 @@ from .stats import SolveStats
 # jacobian_blocks stacks d copies of the batch while d * (unknowns) stays below this
 EXPANDED_LIMIT = 4096
 DIFFERENCE_STEP = float(np.sqrt(np.finfo(np.float64).eps))     # forward differences' relative increment
+DIFFERENCE_LIMIT = 1 << 16      # entries of the stacked copies of one difference Jacobian (no graph: 0.5 MiB)
 
 
 class VectorField:
@@ -314,16 +315,17 @@ class VectorField:
         """Blocks ``(n_blocks, d, d)`` of dg/dy at (tau, x) by forward differences, from one evaluation
         without autograd of ``d + 1`` copies of the batch stacked along the batch dimension (copy ``j``
         moved along component ``j`` in every sample), or ``None`` where they do not apply (a state that
-        is not one float64 tensor, more than ``EXPANDED_LIMIT`` entries, a ``func`` that refuses a batch
-        of another size): the caller then evaluates the exact blocks.
+        is not one float64 tensor, copies of more than ``DIFFERENCE_LIMIT`` entries, a ``func`` that
+        refuses a batch of another size): the caller then evaluates the exact blocks.
 
-        Chord Newton's forward iteration matrix only (the adjoint's are exact): its error, about
-        ``sqrt(eps)`` of the block relative, is far below the staleness a kept Jacobian has anyway, and
-        the Newton test decides the solution (measured on ``benchmarks/stiff.py``: the same iterations,
-        gradients equal to 1e-13; 3.5x cheaper than the reverse pass at d = 3, batch 4)."""
+        Chord Newton's forward iteration matrix only (the adjoint's are exact): its error, about 1e-6 of
+        a block's largest entry (rounding against truncation), is far below the staleness a kept
+        Jacobian has anyway, and the Newton test decides the solution (measured on
+        ``benchmarks/stiff.py``: the same iterations, gradients equal to 7e-13; 3.5x cheaper than the
+        reverse pass at d = 3, batch 4)."""
         layout = self.layout
         d = len(x) // n_blocks
-        if (n_blocks < 2 or not self._copies_ok or not layout.plain or (d + 1) * len(x) > EXPANDED_LIMIT
+        if (n_blocks < 2 or not self._copies_ok or not layout.plain or (d + 1) * len(x) > DIFFERENCE_LIMIT
                 or self.graphs is not None):
             return None
         shape = layout.shapes[0]

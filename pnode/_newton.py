@@ -251,6 +251,7 @@ class SlopePredictor:
         if target is None or not shift > 0 or not now > 0:
             return
         start += (target - slope) * (now / (shift * step))
+        x.stateIncrease()          # written through the array: cached norms of x are stale
 
     def converged(self, x, shift: float) -> None:
         """The stage converged at ``x``; ``shift`` is its Jacobian's."""
