@@ -325,8 +325,7 @@ class VectorField:
         reverse pass at d = 3, batch 4)."""
         layout = self.layout
         d = len(x) // n_blocks
-        if (n_blocks < 2 or not self._copies_ok or not layout.plain or (d + 1) * len(x) > DIFFERENCE_LIMIT
-                or self.graphs is not None):
+        if n_blocks < 2 or not self._copies_ok or not layout.plain or (d + 1) * len(x) > DIFFERENCE_LIMIT:
             return None
         shape = layout.shapes[0]
         state = x.view(n_blocks, d)
@@ -338,14 +337,9 @@ class VectorField:
         moved = copies[1:].diagonal(dim1=0, dim2=2)            # (batch, d): copy j's component j
         moved.add_(DIFFERENCE_STEP * scale)
         steps = (moved - state).T                              # the increments as represented: (d, batch)
-        try:
-            with torch.no_grad():
-                out = self.func(self.time(tau), copies.view((d + 1) * shape[0], *shape[1:]))
-            if not isinstance(out, torch.Tensor) or out.shape != ((d + 1) * shape[0], *shape[1:]) \
-                    or out.dtype != torch.float64:
-                raise ValueError("not a batch of the copies' shape")
-        except Exception:  # noqa: BLE001 - func depends on the batch size: exact blocks from then on
-            self._copies_ok = False
+        with torch.no_grad():
+            out = self._call_on_copies(tau, copies.view((d + 1) * shape[0], *shape[1:]))
+        if out is None or out.dtype != torch.float64:     # (exact blocks then raise a dtype error)
             return None
         self.stats.jacobian_assemblies += 1
         out = out.view(d + 1, n_blocks, d) * self.sign
@@ -364,18 +358,26 @@ class VectorField:
                                       retain_graph=self.keep_point_graph)
         return rows
 
+    def _call_on_copies(self, tau: float, z: torch.Tensor) -> torch.Tensor | None:
+        """func(tau, z) for copies of the batch stacked along the batch dimension, or ``None`` (and no
+        copies from then on) when func depends on the batch size."""
+        try:
+            out = self.func(self.time(tau), z)
+            if not isinstance(out, torch.Tensor) or out.shape != z.shape:
+                raise ValueError("not a batch of the copies' shape")
+        except Exception:  # noqa: BLE001 - func depends on the batch size: per-batch passes from now on
+            self._copies_ok = False
+            return None
+        return out
+
     def _rows_from_copies(self, tau: float, x: torch.Tensor, n_blocks: int, d: int) -> torch.Tensor | None:
         layout = self.layout
         shape = layout.shapes[0]
         n = len(x)
         copies = x.detach().view(1, n).expand(d, n).reshape((d * shape[0],) + tuple(shape[1:]))
         z = copies.to(layout.dtype).requires_grad_()
-        try:
-            out = self.func(self.time(tau), z)
-            if not isinstance(out, torch.Tensor) or out.shape != z.shape:
-                raise ValueError("not a batch of the copies' shape")
-        except Exception:  # noqa: BLE001 - func depends on the batch size: use the batched passes
-            self._copies_ok = False
+        out = self._call_on_copies(tau, z)
+        if out is None:
             return None
         if out.dtype != layout.dtype:
             layout.check_output(out)     # raises the usual dtype error

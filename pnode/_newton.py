@@ -36,6 +36,12 @@ _Reason = PETSc.SNES.ConvergedReason
 PETSC_DEFAULTS = (1e-8, 1e-50, 1e-8)      # SNES rtol, atol, stol when nobody set them
 
 
+def given_tolerances(snes) -> tuple[float, float, float] | None:
+    """The SNES rtol, atol, stol if somebody set them (-snes_rtol, ...), else None (pnode's test)."""
+    tolerances = tuple(snes.getTolerances()[:3])
+    return None if tolerances == PETSC_DEFAULTS else tolerances
+
+
 def _strictest(tolerance) -> float:
     """A scalar tolerance, or the smallest of per-component ones (``options['norm']`` weights components
     in the step control, may even ignore some; Newton solves every component to the strictest)."""
@@ -80,10 +86,9 @@ class WeightedNewtonTest:
             self._previous = math.inf
             self._rate = 0.5
             self._tolerances = tuple(_strictest(tol) for tol in self.ts.getTolerances())
-            snes_rtol, snes_atol, snes_stol, self._max_it = snes.getTolerances()
+            self._max_it = snes.getTolerances()[3]
             # Newton tolerances set by the user (-snes_rtol, ...) keep PETSc's meaning
-            self._given = None if (snes_rtol, snes_atol, snes_stol) == PETSC_DEFAULTS else (snes_rtol, snes_atol,
-                                                                                                snes_stol)
+            self._given = given_tolerances(snes)
             self._fnorm0 = fnorm
             return _Reason.CONVERGED_FNORM_ABS if fnorm == 0.0 else _Reason.ITERATING
         if self._given is not None:
@@ -299,7 +304,7 @@ class ChordNewton:
         jacobian, preconditioner = snes.getJacobian()[:2]
         form = True           # a solve's first Jacobian: its shift may be new
         # PETSc's test with the user's tolerances is relative to the residual at PETSc's own guess
-        predictor = self.predictor if snes.getTolerances()[:3] == PETSC_DEFAULTS else None
+        predictor = self.predictor if given_tolerances(snes) is None else None
         if predictor is not None:
             predictor.start(snes, x, residual)
         snes.computeFunction(x, residual)
